@@ -1,0 +1,1 @@
+"""Package data: atlases, denoising strategies, default model weights."""

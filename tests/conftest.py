@@ -20,3 +20,9 @@ def abide_dir() -> Path:
     if not (ABIDE_DIR / "rois_cc200.tar.xz").exists():
         pytest.skip(f"real ABIDE data not found at {ABIDE_DIR} (set BRAINFM_SHARED_DATA)")
     return ABIDE_DIR
+
+
+@pytest.fixture(scope="session")
+def abide_dir_or_none() -> Path | None:
+    """The ABIDE folder when present (real signals), else None (synthetic signals)."""
+    return ABIDE_DIR if (ABIDE_DIR / "rois_cc200.tar.xz").exists() else None

@@ -1,1 +1,1 @@
-"""brainfm.interfaces."""
+"""Thin nipype interfaces over brainfm's plain functions."""

@@ -1,1 +1,1 @@
-"""brainfm.workflows."""
+"""Nipype workflows of brainfm."""

@@ -1,0 +1,141 @@
+"""The ``brainfm`` command line: ``brainfm bids_dir output_dir participant|group``."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network, ever
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from brainfm import __version__  # noqa: E402
+from brainfm.errors import BrainfmError  # noqa: E402
+
+LOGGER = logging.getLogger("brainfm")
+
+#: Denoising strategies offered on the command line (see brainfm.processing.confounds).
+STRATEGY_CHOICES = ("pcp", "24P", "36P", "acompcor", "none")
+
+
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that exits with 64 (EX_USAGE) on usage errors, as BIDS Apps do."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, following the BIDS Apps conventions."""
+    parser = _Parser(
+        prog="brainfm",
+        description="brainfm: brain age and fluid intelligence from resting-state fMRI. "
+                    "Participant level: fMRIPrep derivatives -> denoised ROI time series and "
+                    "connectivity (BIDS derivatives). Group level: cohort tables and report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", help="the input BIDS dataset (read only)")
+    parser.add_argument("output_dir", help="the output derivatives folder (outside bids_dir)")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="processing stage")
+    parser.add_argument("--version", action="version", version=f"brainfm {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info from nipype, -vv debug)")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                     help="participants to process (with or without 'sub-'); default all")
+    sel.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                     help="sessions to process (with or without 'ses-'); default all")
+    sel.add_argument("--task-id", "--task_id", default="rest", help="task label of the BOLD runs")
+    sel.add_argument("--fmriprep-dir", metavar="PATH",
+                     help="fMRIPrep derivatives (default: bids_dir/derivatives/fmriprep, or "
+                          "bids_dir itself when it is an fMRIPrep derivatives dataset)")
+    sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not run bids-validator on bids_dir")
+
+    par = parser.add_argument_group("parcellation")
+    par.add_argument("--atlases", nargs="+", default=["CC200"], metavar="ATLAS",
+                     help="bundled atlases: CC200, Schaefer2018-200, Schaefer2018-400, "
+                          "Schaefer2018-1000")
+    par.add_argument("--atlas-file", metavar="NIFTI",
+                     help="a custom 3-D label atlas in the BOLD's standard space")
+    par.add_argument("--atlas-labels", metavar="TSV",
+                     help="index/name table of --atlas-file (BIDS dseg.tsv)")
+    par.add_argument("--atlas-name", default="Custom",
+                     help="alphanumeric BIDS atlas- label of --atlas-file")
+    par.add_argument("--min-coverage", type=float, default=0.5,
+                     help="ROIs with less of their voxels in the brain mask are set to n/a")
+
+    den = parser.add_argument_group("denoising")
+    den.add_argument("--nuisance-regressors", "-p", choices=STRATEGY_CHOICES, default="pcp",
+                     help="confound strategy; 'pcp' emulates the ABIDE PCP filt_global "
+                          "processing the default model was trained on")
+    den.add_argument("--fd-thresh", type=float, default=0.5,
+                     help="censor volumes with framewise displacement above this (mm); 0 disables")
+    den.add_argument("--dummy-scans", type=int, default=0,
+                     help="initial volumes to drop")
+    den.add_argument("--lower-bpf", type=_float_or_none, default=None,
+                     help="high-pass cutoff in Hz (default: the strategy's; 0 disables)")
+    den.add_argument("--upper-bpf", type=_float_or_none, default=None,
+                     help="low-pass cutoff in Hz (default: the strategy's; 0 disables)")
+    den.add_argument("--min-time", type=float, default=120.0,
+                     help="runs with less retained time (s) after censoring are excluded")
+
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("-w", "--work-dir", metavar="PATH",
+                      help="nipype working directory (reused by reruns); default "
+                           "output_dir/../work")
+    perf.add_argument("--nprocs", "--n-cpus", "--nthreads", type=int, default=0,
+                      help="parallel processes (0: all CPUs)")
+    perf.add_argument("--omp-nthreads", type=int, default=1,
+                      help="threads per process for numerical libraries")
+    perf.add_argument("--poll-sleep", type=float, default=0.2, help=argparse.SUPPRESS)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)-7s | %(name)s | "
+                                            "%(message)s", datefmt="%H:%M:%S")
+
+
+def _limit_threads(n_threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n_threads)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run brainfm; return the process exit code (also used as ``sys.exit`` status)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        from brainfm.bidsapp.config import from_args
+
+        config = from_args(args)
+        if config.analysis_level == "group":
+            LOGGER.error("the group level is not yet implemented in this version")
+            return 64
+        _limit_threads(config.omp_nthreads)
+        from brainfm.bidsapp.participant import run_participant_level
+
+        run_participant_level(config)
+    except BrainfmError as err:
+        print(f"brainfm: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("brainfm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

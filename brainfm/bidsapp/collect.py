@@ -1,0 +1,218 @@
+"""Find the inputs of each BOLD run in fMRIPrep derivatives with pybids, and check them.
+
+Per participant, session and run: the preprocessed BOLD in a standard space
+(``MNI152NLin6Asym`` preferred, ``MNI152NLin2009cAsym`` accepted), its brain mask, the
+``desc-confounds_timeseries.tsv`` and the repetition time. Cheap checks (header, volume count
+against the confounds rows, repetition time) run here, before any workflow is built, so that
+bad input fails fast with a message that names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nb
+
+from brainfm.errors import InputError, NothingSelectedError
+
+LOGGER = logging.getLogger("brainfm.collect")
+
+#: Standard spaces brainfm accepts, most preferred first.
+SUPPORTED_SPACES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")
+
+#: Entities that identify a run (all but space, resolution, description, suffix).
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction",
+                "direction", "run", "echo")
+_SHORT = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq",
+          "ceagent": "ce", "reconstruction": "rec", "direction": "dir", "run": "run",
+          "echo": "echo"}
+
+
+@dataclass(frozen=True)
+class BoldRun:
+    """The inputs of one preprocessed BOLD run."""
+
+    entities: tuple[tuple[str, str], ...]
+    space: str
+    bold_file: Path
+    mask_file: Path
+    confounds_file: Path
+    repetition_time: float
+    n_volumes: int
+
+    @property
+    def subject(self) -> str:
+        """Participant label without ``sub-``."""
+        return dict(self.entities)["sub"]
+
+    @property
+    def session(self) -> str | None:
+        """Session label without ``ses-``, or None."""
+        return dict(self.entities).get("ses")
+
+    def to_dict(self) -> dict:
+        """A plain-dict description (JSON friendly, hashable by nipype) for the workflows."""
+        return {
+            "entities": dict(self.entities),
+            "space": self.space,
+            "bold_file": str(self.bold_file),
+            "mask_file": str(self.mask_file),
+            "confounds_file": str(self.confounds_file),
+            "repetition_time": self.repetition_time,
+            "n_volumes": self.n_volumes,
+        }
+
+
+def _layout(fmriprep_dir: Path):
+    from bids import BIDSLayout
+
+    try:
+        return BIDSLayout(str(fmriprep_dir), validate=False, is_derivative=True,
+                          config=["bids", "derivatives"])
+    except (ValueError, OSError) as err:  # pybids' BIDSValidationError is a ValueError
+        raise InputError(
+            f"cannot index {fmriprep_dir} as a BIDS derivatives dataset ({err}); it needs a "
+            "dataset_description.json with DatasetType 'derivative' (as fMRIPrep writes)."
+        ) from err
+
+
+def _entities(bids_file) -> tuple[tuple[str, str], ...]:
+    ents = bids_file.get_entities()
+    return tuple((_SHORT[k], str(ents[k])) for k in RUN_ENTITIES if ents.get(k) is not None)
+
+
+def _query_entities(entities: tuple[tuple[str, str], ...]) -> dict[str, object]:
+    long = {v: k for k, v in _SHORT.items()}
+    query: dict[str, object] = {long[k]: v for k, v in entities}
+    for key in RUN_ENTITIES:
+        query.setdefault(key, None)
+    return query
+
+
+def _one(layout, what: str, bold: Path, **query) -> Path:
+    found = layout.get(return_type="file", invalid_filters="allow", **query)
+    if not found:
+        raise InputError(f"no {what} found for {bold}; fMRIPrep writes it next to the BOLD. "
+                         "Rerun fMRIPrep or restore the file.")
+    return Path(sorted(found)[0])
+
+
+def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
+    try:
+        img = nb.load(str(bold))
+        shape = img.shape
+    except Exception as err:  # nibabel raises many types for corrupt headers
+        raise InputError(f"cannot read the NIfTI header of {bold} ({err}); the file is corrupt "
+                         "or not a NIfTI image. Re-create it (rerun fMRIPrep).") from err
+    if len(shape) != 4 or shape[3] < 2:
+        raise InputError(f"{bold} has shape {shape}; a BOLD run must be a 4-D time series.")
+    n_vols = int(shape[3])
+    try:
+        with open(confounds, encoding="utf-8") as handle:
+            n_rows = sum(1 for line in handle if line.strip()) - 1
+    except OSError as err:
+        raise InputError(f"cannot read confounds file {confounds} ({err})") from err
+    if n_rows != n_vols:
+        raise InputError(
+            f"{confounds} has {n_rows} rows but {bold} has {n_vols} volumes; the confounds file "
+            "must come from the same fMRIPrep run as the BOLD (one row per volume)."
+        )
+    metadata = layout_file.get_metadata()
+    tr = metadata.get("RepetitionTime")
+    if tr is None:
+        zooms = img.header.get_zooms()
+        tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
+        if tr is None:
+            raise InputError(f"no RepetitionTime for {bold}: add it to its JSON sidecar.")
+        LOGGER.warning("No RepetitionTime in the sidecar of %s; using the NIfTI header (%.3f s)",
+                       bold.name, tr)
+    return float(tr), n_vols
+
+
+def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None,
+                 session_labels: list[str] | None = None,
+                 task: str = "rest") -> dict[str, list[BoldRun]]:
+    """Collect and check the preprocessed BOLD runs of each selected participant.
+
+    Parameters
+    ----------
+    fmriprep_dir : Path
+        An fMRIPrep derivatives dataset.
+    participant_labels : list of str, optional
+        Participants to process (without ``sub-``); all when empty.
+    session_labels : list of str, optional
+        Sessions to process (without ``ses-``); all when empty.
+    task : str
+        The task label (``rest``).
+
+    Returns
+    -------
+    dict
+        Participant label to its runs, sorted.
+
+    Raises
+    ------
+    NothingSelectedError
+        A requested participant does not exist, or the filters match no BOLD run (exit 18).
+    InputError
+        A run lacks a standard-space BOLD, its mask or confounds, or they disagree (exit 66).
+    """
+    layout = _layout(Path(fmriprep_dir))
+    available = sorted(layout.get_subjects())
+    wanted = list(participant_labels or available)
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise NothingSelectedError(
+            f"participant(s) {', '.join('sub-' + p for p in missing)} not found in "
+            f"{fmriprep_dir} (available: {', '.join('sub-' + p for p in available) or 'none'})"
+        )
+    query = {"subject": wanted, "task": task, "suffix": "bold", "desc": "preproc",
+             "extension": [".nii.gz", ".nii"]}
+    if session_labels:
+        query["session"] = list(session_labels)
+    candidates = layout.get(invalid_filters="allow", **query)
+    if not candidates:
+        sessions = f" and session(s) {', '.join(session_labels)}" if session_labels else ""
+        raise NothingSelectedError(
+            f"no preprocessed BOLD (desc-preproc_bold) for task '{task}'{sessions} of "
+            f"{', '.join('sub-' + p for p in wanted)} in {fmriprep_dir}"
+        )
+    by_run: dict[tuple, list] = defaultdict(list)
+    for bids_file in candidates:
+        by_run[_entities(bids_file)].append(bids_file)
+    runs: dict[str, list[BoldRun]] = defaultdict(list)
+    for entities, files in sorted(by_run.items()):
+        spaces = {f.get_entities().get("space"): f for f in files}
+        space = next((s for s in SUPPORTED_SPACES if s in spaces), None)
+        if space is None:
+            names = ", ".join(sorted(Path(f.path).name for f in files))
+            raise InputError(
+                f"no BOLD in a standard space for {'_'.join(f'{k}-{v}' for k, v in entities)} "
+                f"(found: {names}). brainfm needs fMRIPrep outputs in MNI152NLin6Asym (preferred) "
+                "or MNI152NLin2009cAsym: rerun fMRIPrep with "
+                "--output-spaces MNI152NLin6Asym:res-2."
+            )
+        if space != SUPPORTED_SPACES[0]:
+            LOGGER.info("Using %s BOLD for %s: the bundled atlases are in MNI152NLin6Asym; the "
+                        "small difference between the two MNI templates is ignored.",
+                        space, Path(spaces[space].path).name)
+        bold_file = spaces[space]
+        bold = Path(bold_file.path)
+        ents = bold_file.get_entities()
+        base = _query_entities(entities)
+        mask = _one(layout, "brain mask (desc-brain_mask)", bold, **base, space=space,
+                    res=ents.get("res"), desc="brain", suffix="mask",
+                    extension=[".nii.gz", ".nii"])
+        confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold, **base,
+                         desc="confounds", suffix="timeseries", extension=".tsv", space=None)
+        tr, n_vols = _check_run(bold, confounds, bold_file)
+        run = BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
+        runs[run.subject].append(run)
+    for subject in wanted:
+        if subject not in runs:
+            raise NothingSelectedError(
+                f"sub-{subject} has no preprocessed BOLD for task '{task}' in {fmriprep_dir}")
+    return dict(runs)

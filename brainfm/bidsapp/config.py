@@ -1,0 +1,163 @@
+"""The run configuration: every option of one ``brainfm`` call, checked and normalised."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainfm.errors import InputError, UsageError
+
+
+@dataclass
+class Config:
+    """Options of one brainfm run (built from the command line by :func:`from_args`)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    fmriprep_dir: Path | None = None
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    task_id: str = "rest"
+    atlases: list[str] = field(default_factory=lambda: ["CC200"])
+    atlas_file: Path | None = None
+    atlas_labels: Path | None = None
+    atlas_name: str = "Custom"
+    nuisance_regressors: str = "pcp"
+    fd_thresh: float = 0.5
+    dummy_scans: int = 0
+    lower_bpf: float | None = None
+    upper_bpf: float | None = None
+    min_coverage: float = 0.5
+    min_time: float = 120.0
+    work_dir: Path = Path("work")
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    skip_bids_validation: bool = False
+    verbosity: int = 0
+    poll_sleep: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def _strip_prefix(labels: list[str] | None, prefix: str) -> list[str]:
+    out = []
+    for label in labels or []:
+        label = label.strip()
+        if label.startswith(prefix):
+            label = label[len(prefix):]
+        if not label.isalnum():
+            raise UsageError(f"invalid label '{label}': BIDS labels are alphanumeric")
+        out.append(label)
+    return out
+
+
+def _is_inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def is_fmriprep_dataset(path: Path) -> bool:
+    """True when ``path`` holds a derivatives ``dataset_description.json`` made by fMRIPrep."""
+    import json
+
+    desc = Path(path) / "dataset_description.json"
+    if not desc.is_file():
+        return False
+    try:
+        content = json.loads(desc.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    names = [str(g.get("Name", "")).lower() for g in content.get("GeneratedBy", [])]
+    return content.get("DatasetType") == "derivative" and any("fmriprep" in n for n in names)
+
+
+def resolve_fmriprep_dir(bids_dir: Path, given: Path | None) -> Path:
+    """Where to read preprocessed BOLD: the given folder, ``bids_dir/derivatives/fmriprep``,
+    or ``bids_dir`` itself when it is an fMRIPrep derivatives dataset."""
+    if given is not None:
+        if not given.is_dir():
+            raise InputError(f"--fmriprep-dir {given} does not exist or is not a folder")
+        return given
+    default = bids_dir / "derivatives" / "fmriprep"
+    if default.is_dir():
+        return default
+    if is_fmriprep_dataset(bids_dir):
+        return bids_dir
+    raise InputError(
+        f"no fMRIPrep derivatives found: neither {default} exists nor is {bids_dir} an fMRIPrep "
+        "derivatives dataset. Run fMRIPrep first, or point --fmriprep-dir at its output folder."
+    )
+
+
+def from_args(args: Any) -> Config:
+    """Check the parsed command line and build a :class:`Config`.
+
+    Raises
+    ------
+    UsageError
+        Inconsistent options (exit 64).
+    InputError
+        Missing input folders (exit 66).
+    """
+    bids_dir = Path(args.bids_dir).absolute()
+    output_dir = Path(args.output_dir).absolute()
+    if not bids_dir.is_dir():
+        raise InputError(f"bids_dir {bids_dir} does not exist or is not a folder")
+    if _is_inside(output_dir, bids_dir):
+        raise UsageError(
+            f"output_dir {output_dir} is {bids_dir} or inside it; brainfm never writes into the "
+            "input dataset. Choose an output folder outside the BIDS dataset."
+        )
+    work_dir = Path(args.work_dir).absolute() if args.work_dir else output_dir.parent / "work"
+    if args.work_dir and _is_inside(work_dir, bids_dir):
+        raise UsageError(f"work dir {work_dir} is inside the input dataset {bids_dir}")
+    fmriprep_dir = None
+    if args.analysis_level == "participant":
+        given = Path(args.fmriprep_dir).absolute() if args.fmriprep_dir else None
+        fmriprep_dir = resolve_fmriprep_dir(bids_dir, given)
+        if _is_inside(output_dir, fmriprep_dir):
+            raise UsageError(
+                f"output_dir {output_dir} is inside the input derivatives {fmriprep_dir}; "
+                "choose an output folder outside it."
+            )
+    if (args.atlas_file is None) != (args.atlas_labels is None):
+        raise UsageError("--atlas-file and --atlas-labels must be given together")
+    for name in ("fd_thresh", "min_coverage", "min_time"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    if not 0 <= args.min_coverage <= 1:
+        raise UsageError("--min-coverage is a fraction between 0 and 1")
+    if args.dummy_scans < 0:
+        raise UsageError("--dummy-scans must not be negative")
+    nprocs = args.nprocs or os.cpu_count() or 1
+    return Config(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=args.analysis_level,
+        fmriprep_dir=fmriprep_dir,
+        participant_label=_strip_prefix(args.participant_label, "sub-"),
+        session_label=_strip_prefix(args.session_label, "ses-"),
+        task_id=args.task_id,
+        atlases=list(args.atlases) if args.atlases else [],
+        atlas_file=Path(args.atlas_file).absolute() if args.atlas_file else None,
+        atlas_labels=Path(args.atlas_labels).absolute() if args.atlas_labels else None,
+        atlas_name=args.atlas_name,
+        nuisance_regressors=args.nuisance_regressors,
+        fd_thresh=args.fd_thresh,
+        dummy_scans=args.dummy_scans,
+        lower_bpf=args.lower_bpf,
+        upper_bpf=args.upper_bpf,
+        min_coverage=args.min_coverage,
+        min_time=args.min_time,
+        work_dir=work_dir,
+        nprocs=nprocs,
+        omp_nthreads=args.omp_nthreads,
+        skip_bids_validation=args.skip_bids_validation,
+        verbosity=args.verbose,
+        poll_sleep=args.poll_sleep,
+    )

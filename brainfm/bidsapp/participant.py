@@ -1,0 +1,134 @@
+"""The participant level: collect inputs, prepare the output dataset, run the workflow."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from brainfm.bidsapp.collect import collect_runs
+from brainfm.bidsapp.config import Config
+from brainfm.bidsapp.validation import validate_bids
+from brainfm.derivatives import init_output_dataset
+from brainfm.errors import BrainfmError, ProcessingError, UsageError
+from brainfm.outputs import copy_atlases
+
+LOGGER = logging.getLogger("brainfm")
+
+_ERROR_CLASSES = {cls.__name__: cls for cls in BrainfmError.__subclasses__()}
+_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?(" + "|".join(_ERROR_CLASSES) + r"): (.*)$")
+
+
+def workflow_settings(config: Config) -> dict:
+    """The options the per-run nodes need, as a plain dict (recorded in the sidecars too)."""
+    return {
+        "atlases": list(config.atlases),
+        "atlas_file": str(config.atlas_file) if config.atlas_file else None,
+        "atlas_labels": str(config.atlas_labels) if config.atlas_labels else None,
+        "atlas_name": config.atlas_name,
+        "min_coverage": config.min_coverage,
+        "strategy": config.nuisance_regressors,
+        "fd_thresh": config.fd_thresh,
+        "dummy_scans": config.dummy_scans,
+        "lower_bpf": config.lower_bpf,
+        "upper_bpf": config.upper_bpf,
+        "min_time": config.min_time,
+        "fmriprep_dir": str(config.fmriprep_dir),
+    }
+
+
+def error_from_crashfiles(crash_dir: Path, since: float) -> BrainfmError:
+    """Turn the nipype crash files written during this run into one brainfm error.
+
+    A node that raised a :class:`BrainfmError` keeps its class (and so its exit code) and its
+    message; any other failure becomes a :class:`ProcessingError` naming the failing node.
+    """
+    crashfiles = sorted(p for p in Path(crash_dir).glob("crash-*.txt")
+                        if p.stat().st_mtime >= since - 1)
+    if not crashfiles:
+        return ProcessingError(f"the workflow failed; see the log above and {crash_dir}")
+    text = crashfiles[0].read_text(errors="replace")
+    node = re.search(r"^Node: (.+)$", text, flags=re.MULTILINE)
+    node_name = node.group(1).strip() if node else crashfiles[0].name
+    matches = [_ERROR_LINE.match(line.strip()) for line in text.splitlines()]
+    matches = [m for m in matches if m]
+    if matches:
+        cls = _ERROR_CLASSES[matches[-1].group(1)]
+        return cls(f"{matches[-1].group(2)} (node {node_name})")
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfiles[0]})")
+
+
+def _configure_nipype_logging(verbosity: int) -> None:
+    """Quiet nipype unless -v; its loggers keep their own handler (no duplicate lines)."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = {0: "WARNING", 1: "INFO"}.get(verbosity, "DEBUG")
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, level)
+    nipype_logging.update_logging(nipype_config)
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).propagate = False
+
+
+def run_participant_level(config: Config) -> None:
+    """Run the participant level for the configured participants.
+
+    Raises
+    ------
+    BrainfmError
+        With the exit code of the problem (bad usage, missing input, invalid BIDS, nothing
+        selected, processing failure).
+    """
+    from brainfm.interfaces.parcellate import resolve_atlases
+    from brainfm.processing.confounds import list_strategies
+
+    atlases = resolve_atlases(config.atlases, config.atlas_file, config.atlas_labels,
+                              config.atlas_name)
+    if not atlases:
+        raise UsageError("no atlas selected: give --atlases and/or --atlas-file")
+    if config.nuisance_regressors not in list_strategies():
+        raise UsageError(f"unknown denoising strategy '{config.nuisance_regressors}' "
+                         f"(choose from {', '.join(list_strategies())})")
+    if not config.skip_bids_validation:
+        validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
+    runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
+                        config.task_id)
+    n_runs = sum(len(r) for r in runs.values())
+    LOGGER.info("brainfm participant level: %d participant(s), %d run(s), atlases %s, "
+                "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
+                config.nuisance_regressors)
+
+    init_output_dataset(config.output_dir, [str(config.bids_dir), str(config.fmriprep_dir)])
+    copy_atlases(config.output_dir, atlases)
+
+    from brainfm.workflows.base import init_brainfm_wf
+
+    _configure_nipype_logging(config.verbosity)
+
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    workflow = init_brainfm_wf(
+        {sub: [run.to_dict() for run in sub_runs] for sub, sub_runs in runs.items()},
+        workflow_settings(config), config.output_dir, config.work_dir,
+    )
+    crash_dir = config.work_dir / "crash"
+    workflow.config["execution"].update({
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": True,
+        "remove_unnecessary_outputs": False,
+        "poll_sleep_duration": config.poll_sleep,
+    })
+    started = time.time()
+    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+    try:
+        if config.nprocs > 1:
+            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
+        else:
+            workflow.run(plugin="Linear")
+    except RuntimeError as err:
+        raise error_from_crashfiles(crash_dir, started) from err
+    LOGGER.info("brainfm finished %d run(s) in %.1f s; outputs in %s", n_runs,
+                time.time() - started, config.output_dir)

@@ -1,0 +1,219 @@
+"""Derivative file names and safe writing into a BIDS derivatives dataset.
+
+Every file is written to a temporary name in its destination folder and then renamed, so a
+reader (or a crash) never sees a half-written file. Files shared by all participants
+(``dataset_description.json``, ``.bidsignore``, the copied atlases) are written under an
+exclusive lock on ``<output_dir>/.brainfm.lock`` so that participant jobs running in parallel
+on one output folder cannot corrupt them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from brainfm import __version__
+
+#: Order of BIDS entities in derivative file names (BIDS specification, appendix "Entities").
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res",
+                "den", "atlas", "seg", "stat", "desc")
+
+#: Suffixes brainfm writes that the BIDS validator does not know yet (listed in .bidsignore).
+BIDSIGNORE_PATTERNS = (
+    "/atlases",
+    "/logs",
+    "*_timeseries.tsv",
+    "*_timeseries.json",
+    "*_relmat.tsv",
+    "*_relmat.json",
+    "*_bold.tsv",
+    "*_bold.json",
+    "*_motion.tsv",
+    "*_motion.json",
+    "*_outliers.tsv",
+    "*_outliers.json",
+    "*_qc.tsv",
+    "*_qc.json",
+    "*_predictions.tsv",
+    "*_predictions.json",
+    "*_expertweights.tsv",
+    "*_expertweights.json",
+    "*.html",
+    "/figures",
+)
+
+
+def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
+    """Compose a BIDS file name from entities in the canonical order.
+
+    Parameters
+    ----------
+    entities : mapping
+        Entity key to value (``{"sub": "01", "task": "rest", "atlas": "CC200"}``); ``None``
+        values are skipped. Unknown keys raise ``KeyError``.
+    suffix : str
+        The BIDS suffix (``timeseries``, ``relmat``, ``bold`` ...).
+    extension : str
+        The extension with its dot (``.tsv``, ``.json``).
+
+    Returns
+    -------
+    str
+        The file name, e.g. ``sub-01_task-rest_atlas-CC200_stat-mean_timeseries.tsv``.
+    """
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise KeyError(f"unknown BIDS entities {sorted(unknown)}")
+    parts = [f"{key}-{entities[key]}" for key in ENTITY_ORDER
+             if entities.get(key) not in (None, "")]
+    return "_".join([*parts, suffix]) + extension
+
+
+def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Path:
+    """Return ``output_dir/sub-<subject>[/ses-<session>]/func``."""
+    path = Path(output_dir) / f"sub-{subject}"
+    if session:
+        path = path / f"ses-{session}"
+    return path / "func"
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
+    """Write a JSON sidecar atomically (sorted keys, 2-space indent)."""
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    return write_text_atomic(path, text)
+
+
+def write_tsv_atomic(path: Path, table: pd.DataFrame, *, index: bool = False) -> Path:
+    """Write a table as BIDS TSV (``n/a`` for missing values) atomically."""
+    text = table.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
+    return write_text_atomic(path, text)
+
+
+def copy_atomic(source: Path, destination: Path) -> Path:
+    """Copy a file to ``destination`` through a temporary file and an atomic rename."""
+    destination = Path(destination)
+    fd, tmp = _atomic_target(destination)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return destination
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the output dataset while writing shared files."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".brainfm.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def dataset_description(source_datasets: list[str], container: Mapping[str, str] | None = None,
+                        model_hash: str | None = None) -> dict[str, Any]:
+    """Build brainfm's ``dataset_description.json`` content.
+
+    Parameters
+    ----------
+    source_datasets : list of str
+        URLs or paths of the datasets read (``SourceDatasets``).
+    container : mapping, optional
+        ``{"Type": "docker", "Tag": "..."}`` when running in a container.
+    model_hash : str, optional
+        SHA-256 of the model weights used for predictions.
+    """
+    generated_by: dict[str, Any] = {
+        "Name": "brainfm",
+        "Version": __version__,
+        "CodeURL": "https://github.com/brainfm/brainfm",
+    }
+    if container:
+        generated_by["Container"] = dict(container)
+    if model_hash:
+        generated_by["ModelSHA256"] = model_hash
+    return {
+        "Name": "brainfm outputs",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [{"URL": src} for src in source_datasets],
+        "HowToAcknowledge": "Cite brainfm and the atlases listed in atlases/.",
+    }
+
+
+def container_info() -> dict[str, str] | None:
+    """Describe the container brainfm runs in, if any (Docker or Apptainer/Singularity)."""
+    if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
+        image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER", "")
+        return {"Type": "apptainer", "URI": image}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker", "Tag": os.environ.get("BRAINFM_IMAGE_TAG", "brainfm")}
+    return None
+
+
+def init_output_dataset(output_dir: Path, source_datasets: list[str]) -> None:
+    """Create or update the shared files of the output dataset, safely under the lock.
+
+    An existing ``dataset_description.json`` from the same brainfm version is kept; one from
+    another version is replaced (and the previous ``GeneratedBy`` kept as history, like
+    fMRIPrep does).
+    """
+    output_dir = Path(output_dir)
+    with output_lock(output_dir):
+        desc_path = output_dir / "dataset_description.json"
+        desc = dataset_description(source_datasets, container_info())
+        if desc_path.exists():
+            try:
+                previous = json.loads(desc_path.read_text())
+            except (json.JSONDecodeError, OSError):
+                previous = {}
+            prev_gen = previous.get("GeneratedBy", [])
+            if prev_gen and prev_gen[0].get("Version") == __version__:
+                desc = previous
+            else:
+                desc["GeneratedBy"].extend(g for g in prev_gen if g not in desc["GeneratedBy"])
+        write_json_atomic(desc_path, desc)
+        ignore_path = output_dir / ".bidsignore"
+        existing = ignore_path.read_text().splitlines() if ignore_path.exists() else []
+        lines = existing + [p for p in BIDSIGNORE_PATTERNS if p not in existing]
+        if lines != existing:
+            write_text_atomic(ignore_path, "\n".join(lines) + "\n")

@@ -1,0 +1,55 @@
+"""Command-line face: version, help, usage errors and their exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from brainfm import __version__
+from brainfm.bidsapp.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"brainfm {__version__}"
+
+
+def test_help_lists_bids_app_options():
+    out = subprocess.run([sys.executable, "-m", "brainfm.bidsapp.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--participant-label", "--session-label", "--task-id", "--fmriprep-dir",
+                   "--atlases", "--atlas-file", "--atlas-labels", "--nuisance-regressors",
+                   "--fd-thresh", "--dummy-scans", "--lower-bpf", "--upper-bpf",
+                   "--min-coverage", "--work-dir", "--nprocs", "--omp-nthreads",
+                   "--skip-bids-validation", "--version"):
+        assert option in out
+
+
+def test_missing_bids_dir_is_66(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out"), "participant"]) == 66
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inside", ["", "derivatives/brainfm"])
+def test_output_inside_input_is_64(tmp_path, capsys, inside):
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    out = bids / inside if inside else bids
+    assert main([str(bids), str(out), "participant", "--skip-bids-validation"]) == 64
+    assert "never writes into the input" in capsys.readouterr().err
+    assert not (bids / "derivatives").exists()
+
+
+def test_group_level_not_yet_implemented(tmp_path):
+    (tmp_path / "bids").mkdir()
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "group"]) == 64
+
+
+def test_bad_choice_is_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), str(tmp_path / "o"), "participant", "--nuisance-regressors", "x"])
+    assert exc.value.code == 64

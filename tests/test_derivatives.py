@@ -1,0 +1,57 @@
+"""Derivative naming and safe writing of shared files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from brainfm.derivatives import (
+    BIDSIGNORE_PATTERNS,
+    build_name,
+    init_output_dataset,
+    write_tsv_atomic,
+)
+
+
+def test_build_name_orders_entities_and_skips_empty():
+    name = build_name({"atlas": "CC200", "sub": "01", "task": "rest", "ses": None,
+                       "space": "MNI152NLin6Asym", "stat": "mean", "run": "2"},
+                      "timeseries", ".tsv")
+    assert name == ("sub-01_task-rest_run-2_space-MNI152NLin6Asym_atlas-CC200_stat-mean_"
+                    "timeseries.tsv")
+
+
+def test_build_name_rejects_unknown_entity():
+    with pytest.raises(KeyError):
+        build_name({"sub": "01", "colour": "red"}, "bold", ".tsv")
+
+
+def test_tsv_written_with_na_and_no_leftover_temp(tmp_path):
+    target = tmp_path / "a" / "x.tsv"
+    write_tsv_atomic(target, pd.DataFrame({"a": [1.0, None]}))
+    assert target.read_text() == "a\n1.0\nn/a\n"
+    assert [p.name for p in target.parent.iterdir()] == ["x.tsv"]
+
+
+def _init(out):
+    for _ in range(20):
+        init_output_dataset(out, ["/data/bids"])
+
+
+def test_parallel_jobs_keep_shared_files_intact(tmp_path):
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_init, args=(tmp_path,)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+        assert proc.exitcode == 0
+    desc = json.loads((tmp_path / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "brainfm"
+    lines = (tmp_path / ".bidsignore").read_text().splitlines()
+    assert lines == list(BIDSIGNORE_PATTERNS)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

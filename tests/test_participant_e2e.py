@@ -25,16 +25,16 @@ TS = "sub-{s}_task-rest_space-MNI152NLin6Asym_atlas-CC200_stat-mean_timeseries.t
 
 @pytest.fixture(scope="module")
 def painted(tmp_path_factory, abide_dir_or_none):
-    """The same subjects painted with and without the motion artefact."""
+    """The same subjects and motion painted with and without the motion artefact.
+
+    Both variants share signals, noise and confounds (motion parameters), so their denoised
+    outputs differ by exactly what is left of the artefact.
+    """
     root = tmp_path_factory.mktemp("painted")
-    motion = make_dataset(root / "motion", n_subjects=2, n_volumes=200, motion=True,
-                          abide_dir=abide_dir_or_none, seed=3)
-    clean = make_dataset(root / "clean", n_subjects=2, n_volumes=200, motion=False,
-                         abide_dir=abide_dir_or_none, seed=3)
-    # the clean BOLD with the motion run's confounds: same design matrix, so the difference of
-    # the two denoised outputs is exactly what is left of the artefact
-    for run_m, run_c in zip(motion.runs, clean.runs, strict=True):
-        shutil.copyfile(run_m.confounds, run_c.confounds)
+    common = {"n_subjects": 2, "n_volumes": 200, "motion": True, "abide_dir": abide_dir_or_none,
+              "seed": 3}
+    motion = make_dataset(root / "motion", artefact=True, **common)
+    clean = make_dataset(root / "clean", artefact=False, **common)
     return {"motion": motion, "clean": clean, "root": root}
 
 

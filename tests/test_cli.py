@@ -53,3 +53,12 @@ def test_bad_choice_is_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path), str(tmp_path / "o"), "participant", "--nuisance-regressors", "x"])
     assert exc.value.code == 64
+
+
+def test_use_plugin_file_is_checked(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    bad = tmp_path / "plugin.yml"
+    bad.write_text("plugin_args: {n_procs: 2}\n")
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "group",
+                 "--use-plugin", str(bad)]) == 64
+    assert "'plugin' key" in capsys.readouterr().err

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="parallel processes (0: all CPUs)")
     perf.add_argument("--omp-nthreads", type=int, default=1,
                       help="threads per process for numerical libraries")
+    perf.add_argument("--use-plugin", metavar="YAML",
+                      help="nipype execution plugin settings (keys 'plugin' and 'plugin_args'), "
+                           "e.g. to submit nodes to SLURM or SGE; see docs/hpc.md")
     perf.add_argument("--poll-sleep", type=float, default=0.2, help=argparse.SUPPRESS)
     return parser
 

@@ -38,6 +38,8 @@ class Config:
     skip_bids_validation: bool = False
     verbosity: int = 0
     poll_sleep: float = 0.2
+    plugin: str | None = None
+    plugin_args: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (paths as strings)."""
@@ -94,6 +96,24 @@ def resolve_fmriprep_dir(bids_dir: Path, given: Path | None) -> Path:
     )
 
 
+def load_plugin_settings(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """Read a ``--use-plugin`` YAML file: ``plugin`` (nipype plugin name) and ``plugin_args``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"cannot read the plugin settings {path} ({err})") from err
+    if not isinstance(content, dict) or "plugin" not in content:
+        raise UsageError(f"{path} must be a YAML mapping with a 'plugin' key "
+                         "(e.g. 'plugin: SLURM') and optional 'plugin_args'")
+    plugin_args = content.get("plugin_args") or {}
+    if not isinstance(plugin_args, dict):
+        raise UsageError(f"'plugin_args' in {path} must be a mapping")
+    return str(content["plugin"]), plugin_args
+
+
 def from_args(args: Any) -> Config:
     """Check the parsed command line and build a :class:`Config`.
 
@@ -135,6 +155,7 @@ def from_args(args: Any) -> Config:
     if args.dummy_scans < 0:
         raise UsageError("--dummy-scans must not be negative")
     nprocs = args.nprocs or os.cpu_count() or 1
+    plugin, plugin_args = load_plugin_settings(args.use_plugin) if args.use_plugin else (None, {})
     return Config(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -160,4 +181,6 @@ def from_args(args: Any) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         verbosity=args.verbose,
         poll_sleep=args.poll_sleep,
+        plugin=plugin,
+        plugin_args=plugin_args,
     )

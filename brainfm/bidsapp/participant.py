@@ -122,12 +122,16 @@ def run_participant_level(config: Config) -> None:
         "poll_sleep_duration": config.poll_sleep,
     })
     started = time.time()
-    plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+    if config.plugin:
+        plugin, plugin_args = config.plugin, dict(config.plugin_args)
+    elif config.nprocs > 1:
+        plugin = "MultiProc"
+        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+    else:
+        plugin, plugin_args = "Linear", {}
+    LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
     try:
-        if config.nprocs > 1:
-            workflow.run(plugin="MultiProc", plugin_args=plugin_args)
-        else:
-            workflow.run(plugin="Linear")
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         raise error_from_crashfiles(crash_dir, started) from err
     LOGGER.info("brainfm finished %d run(s) in %.1f s; outputs in %s", n_runs,

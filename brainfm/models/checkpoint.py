@@ -1,0 +1,288 @@
+"""Checkpoints: safetensors weights plus a JSON model card, never pickle.
+
+A model folder holds ``model.safetensors`` (the ``state_dict``) and ``model_card.json``. The card
+carries what the trainer knows (atlas, ROI names, sampling rate, window, target scaling, training
+data, metrics, denoising strategy) plus what :func:`save_checkpoint` adds: ``config``
+(:meth:`BrainFMConfig.to_dict`), ``weights_file``, ``weights_sha256``, ``n_parameters``,
+``brainfm_version``, ``torch_version`` and ``format_version``. Both files are written atomically
+(temporary file in the same folder, then ``os.replace``); the weights go first, so a card on disk
+always describes complete weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import InputError
+from .model import BrainFM, BrainFMConfig
+
+__all__ = [
+    "CARD_FILE",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "load_checkpoint",
+    "resolve_model_dir",
+    "save_checkpoint",
+    "sha256_file",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+#: Version of the checkpoint layout; :func:`load_checkpoint` refuses newer ones.
+FORMAT_VERSION = 1
+
+_TRAIN_HINT = ("train one with `brainfm-train` (see `brainfm-train --help`) and pass the folder "
+               "it writes")
+
+
+class CheckpointError(InputError):
+    """A model folder is missing, incomplete, corrupt or does not match the data (exit 66)."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file.
+
+    Parameters
+    ----------
+    path : path-like
+        File to hash.
+
+    Returns
+    -------
+    str
+        Lower-case hexadecimal digest.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy/torch scalars and arrays to Python, paths to str, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy scalars and arrays
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"model card value {obj!r} of type {type(obj).__name__} is not JSON-ready")
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _brainfm_version() -> str:
+    from .. import __version__
+
+    return str(__version__)
+
+
+def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM, card: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``model_card.json`` into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Folder to write (created with its parents when missing).
+    model : BrainFM
+        The model; its ``state_dict`` is saved on the CPU.
+    card : dict
+        Model card from the trainer (atlas, roi_names, sampling_rate_hz, window, targets,
+        training, metrics, denoising_strategy, ...). It is not modified; the written card adds
+        ``config``, ``weights_file``, ``weights_sha256``, ``n_parameters``,
+        ``brainfm_version``, ``torch_version`` and ``format_version``. Numpy values become
+        plain JSON, non-finite floats become null.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = out / WEIGHTS_FILE
+    _atomic_write_bytes(weights, lambda p: save_file(state, str(p),
+                                                     metadata={"format": "pt"}))
+    full = dict(card)
+    full.update({
+        "config": model.config.to_dict(),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": sha256_file(weights),
+        "n_parameters": int(sum(v.numel() for v in state.values())),
+        "brainfm_version": _brainfm_version(),
+        "torch_version": str(torch.__version__),
+        "format_version": FORMAT_VERSION,
+    })
+    text = json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n"
+    _atomic_write_bytes(out / CARD_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    return out
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read model card {card_path}: {exc}") from exc
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {card_path} is not a JSON object")
+    return card
+
+
+def load_checkpoint(
+    model_dir: str | os.PathLike[str],
+    expected_atlas: str | None = None,
+    expected_roi_names: Sequence[str] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[BrainFM, dict[str, Any]]:
+    """Load a model folder written by :func:`save_checkpoint` (safetensors only, no pickle).
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Folder with ``model.safetensors`` and ``model_card.json``.
+    expected_atlas : str, optional
+        Atlas of the data the model will see; must equal ``card["atlas"]``.
+    expected_roi_names : sequence of str, optional
+        ROI names of the data, in column order; must equal ``card["roi_names"]`` (same length,
+        same order).
+    map_location : str or torch.device
+        Device of the loaded weights.
+
+    Returns
+    -------
+    model : BrainFM
+        The model in eval mode.
+    card : dict
+        The model card.
+
+    Raises
+    ------
+    CheckpointError
+        Missing files, unreadable card, unsupported format, hash mismatch, atlas or ROI mismatch,
+        or weights that do not fit the card's config. The message names the file.
+    """
+    folder = Path(model_dir)
+    card_path = folder / CARD_FILE
+    weights_path = folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+    for p in (card_path, weights_path):
+        if not p.is_file():
+            raise CheckpointError(f"model file {p} is missing: the folder {folder} is not a "
+                                  f"complete brainfm model; {_TRAIN_HINT}")
+    card = _read_card(card_path)
+    version = card.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"model card {card_path} has format_version {version!r}; this "
+                              f"brainfm reads format_version <= {FORMAT_VERSION} (upgrade brainfm)")
+    expected_hash = card.get("weights_sha256")
+    if not isinstance(expected_hash, str):
+        raise CheckpointError(f"model card {card_path} has no weights_sha256")
+    actual = sha256_file(weights_path)
+    if actual != expected_hash:
+        raise CheckpointError(f"weights file {weights_path} does not match its model card "
+                              f"{card_path} (sha256 {actual} != {expected_hash}): the file is "
+                              "corrupt or was replaced")
+    if expected_atlas is not None and card.get("atlas") != expected_atlas:
+        raise CheckpointError(f"model {card_path} was trained on atlas {card.get('atlas')!r} but "
+                              f"the data use atlas {expected_atlas!r}; choose the matching atlas "
+                              "or a model trained on it")
+    if expected_roi_names is not None:
+        names = card.get("roi_names")
+        wanted = [str(r) for r in expected_roi_names]
+        if not isinstance(names, list):
+            raise CheckpointError(f"model card {card_path} lists no roi_names to check the data's "
+                                  f"{len(wanted)} ROIs against")
+        if len(names) != len(wanted):
+            raise CheckpointError(f"model {card_path} expects {len(names)} ROIs but the data have "
+                                  f"{len(wanted)}")
+        for i, (a, b) in enumerate(zip(names, wanted, strict=True)):
+            if a != b:
+                raise CheckpointError(f"model {card_path} expects ROI {a!r} in column {i + 1} but "
+                                      f"the data have {b!r} there (ROI order differs)")
+    try:
+        config = BrainFMConfig.from_dict(card.get("config") or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"model card {card_path} has an invalid config: {exc}") from exc
+    names = card.get("roi_names")
+    if isinstance(names, list) and len(names) != config.n_rois:
+        raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
+                              f"config has n_rois={config.n_rois}")
+    try:
+        state = load_file(str(weights_path), device=str(torch.device(map_location)))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read weights file {weights_path}: {exc}") from exc
+    model = BrainFM(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights file {weights_path} does not fit the config in "
+                              f"{card_path}: {exc}") from exc
+    model.to(torch.device(map_location))
+    model.eval()
+    return model, card
+
+
+def resolve_model_dir(name: str | os.PathLike[str]) -> Path:
+    """Folder of a model: ``"default"`` is the packaged model, anything else a path.
+
+    Parameters
+    ----------
+    name : str or path-like
+        ``"default"`` (``brainfm/data/models/default`` inside the installed package) or a folder.
+
+    Returns
+    -------
+    Path
+        The folder, which holds ``model_card.json``.
+
+    Raises
+    ------
+    CheckpointError
+        The folder or its model card is missing.
+    """
+    if isinstance(name, str) and name == "default":
+        folder = Path(str(resources.files("brainfm.data") / "models" / "default"))
+        if not (folder / CARD_FILE).is_file():
+            raise CheckpointError(f"no default model is installed (expected {folder / CARD_FILE}); "
+                                  f"{_TRAIN_HINT}")
+        return folder
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+    if not (folder / CARD_FILE).is_file():
+        raise CheckpointError(f"model folder {folder} has no {CARD_FILE}; {_TRAIN_HINT}")
+    return folder

@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--min-time", type=float, default=120.0,
                      help="runs with less retained time (s) after censoring are excluded")
 
+    mod = parser.add_argument_group("prediction")
+    mod.add_argument("--model", default="default", metavar="DIR",
+                     help="model folder from brainfm-train, 'default' for the packaged model, "
+                          "or 'none' to skip predictions")
+    mod.add_argument("--allow-model-mismatch", action="store_true",
+                     help="predict even when the denoising strategy differs from the model's "
+                          "(a warning instead of an error)")
+    mod.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="where the model runs")
+
     perf = parser.add_argument_group("performance")
     perf.add_argument("-w", "--work-dir", metavar="PATH",
                       help="nipype working directory (reused by reruns); default "

@@ -38,6 +38,9 @@ class Config:
     skip_bids_validation: bool = False
     verbosity: int = 0
     poll_sleep: float = 0.2
+    model: str = "default"
+    allow_model_mismatch: bool = False
+    device: str = "cpu"
     plugin: str | None = None
     plugin_args: dict[str, Any] = field(default_factory=dict)
 
@@ -181,6 +184,9 @@ def from_args(args: Any) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         verbosity=args.verbose,
         poll_sleep=args.poll_sleep,
+        model=args.model,
+        allow_model_mismatch=args.allow_model_mismatch,
+        device=args.device,
         plugin=plugin,
         plugin_args=plugin_args,
     )

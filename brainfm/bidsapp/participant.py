@@ -16,8 +16,71 @@ from brainfm.outputs import copy_atlases
 
 LOGGER = logging.getLogger("brainfm")
 
-_ERROR_CLASSES = {cls.__name__: cls for cls in BrainfmError.__subclasses__()}
-_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?(" + "|".join(_ERROR_CLASSES) + r"): (.*)$")
+_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?(\w+Error): (.*)$")
+
+
+def _error_classes() -> dict[str, type[BrainfmError]]:
+    """Every BrainfmError subclass known now (subclasses of subclasses too), by name."""
+    found: dict[str, type[BrainfmError]] = {}
+    todo = [BrainfmError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, str | None]:
+    """Find the model and check its card against the run's atlases and denoising.
+
+    Returns
+    -------
+    model_dir, atlas_label : str or None
+        The model folder and the BIDS label of its atlas, or ``(None, None)`` when predictions
+        are skipped (``--model none``, or no default model installed).
+
+    Raises
+    ------
+    CheckpointError
+        An explicit ``--model`` that is missing or incomplete (exit 66).
+    UsageError
+        The model's atlas is not among ``--atlases``, or its denoising strategy differs and
+        ``--allow-model-mismatch`` is not given (exit 64).
+    """
+    if config.model.lower() == "none":
+        return None, None
+    from brainfm.atlases import get_atlas
+    from brainfm.models.checkpoint import CheckpointError, load_checkpoint, resolve_model_dir
+
+    try:
+        folder = resolve_model_dir(config.model)
+    except CheckpointError as err:
+        if config.model != "default":
+            raise
+        LOGGER.warning("%s. Predictions are skipped: pass --model with a model folder.", err)
+        return None, None
+    _, card = load_checkpoint(folder)  # every check (files, hash, config) before any work
+    atlas = get_atlas(str(card.get("atlas")))
+    if atlas.label not in atlas_labels:
+        raise UsageError(
+            f"the model {folder} was trained on atlas {atlas.name} but the run is parcellated "
+            f"with {', '.join(atlas_labels)}; add {atlas.name} to --atlases (or --model none)")
+    strategy = card.get("denoising_strategy")
+    if strategy and strategy != config.nuisance_regressors:
+        message = (f"the model {folder} was trained on data denoised with '{strategy}' but "
+                   f"--nuisance-regressors is '{config.nuisance_regressors}'")
+        if not config.allow_model_mismatch:
+            raise UsageError(message + "; use the model's strategy, or pass "
+                             "--allow-model-mismatch to predict anyway")
+        LOGGER.warning("%s (--allow-model-mismatch: predicting anyway)", message)
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was given but no CUDA device is available")
+    LOGGER.info("Predicting with model %s (atlas %s, sha256 %s)", folder, atlas.label,
+                str(card.get("weights_sha256", ""))[:12])
+    return str(folder), atlas.label
 
 
 def workflow_settings(config: Config) -> dict:
@@ -51,10 +114,11 @@ def error_from_crashfiles(crash_dir: Path, since: float) -> BrainfmError:
     text = crashfiles[0].read_text(errors="replace")
     node = re.search(r"^Node: (.+)$", text, flags=re.MULTILINE)
     node_name = node.group(1).strip() if node else crashfiles[0].name
+    classes = _error_classes()
     matches = [_ERROR_LINE.match(line.strip()) for line in text.splitlines()]
-    matches = [m for m in matches if m]
+    matches = [m for m in matches if m and m.group(1) in classes]
     if matches:
-        cls = _ERROR_CLASSES[matches[-1].group(1)]
+        cls = classes[matches[-1].group(1)]
         return cls(f"{matches[-1].group(2)} (node {node_name})")
     last = [line for line in text.splitlines() if line.strip()][-1]
     return ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfiles[0]})")
@@ -94,6 +158,7 @@ def run_participant_level(config: Config) -> None:
                          f"(choose from {', '.join(list_strategies())})")
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
+    model_dir, model_atlas = prepare_model(config, [a.label for a in atlases])
     runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
                         config.task_id)
     n_runs = sum(len(r) for r in runs.values())
@@ -109,9 +174,11 @@ def run_participant_level(config: Config) -> None:
     _configure_nipype_logging(config.verbosity)
 
     config.work_dir.mkdir(parents=True, exist_ok=True)
+    settings = workflow_settings(config)
+    settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(
         {sub: [run.to_dict() for run in sub_runs] for sub, sub_runs in runs.items()},
-        workflow_settings(config), config.output_dir, config.work_dir,
+        settings, config.output_dir, config.work_dir,
     )
     crash_dir = config.work_dir / "crash"
     workflow.config["execution"].update({

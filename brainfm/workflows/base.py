@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from brainfm.interfaces.denoise import DenoiseROISignals
 from brainfm.interfaces.derivatives import ParticipantDerivativesSink
 from brainfm.interfaces.parcellate import ExtractROISignals
+from brainfm.workflows.predict import init_predict_wf
 
 
 def run_node_name(run: dict) -> str:
@@ -68,7 +69,8 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
 
 def init_single_subject_wf(subject: str, runs: list[dict], settings: dict,
                            output_dir: Path) -> pe.Workflow:
-    """All runs of one participant, then one sink that writes them when every run succeeded."""
+    """All runs of one participant, then one sink that writes them when every run succeeded,
+    and (with ``settings["model_dir"]``) the predictions of each session."""
     wf = pe.Workflow(name=f"single_subject_{subject}_wf")
     merge = pe.Node(niu.Merge(len(runs)), name="merge_runs", run_without_submitting=True)
     sink = pe.Node(
@@ -81,6 +83,10 @@ def init_single_subject_wf(subject: str, runs: list[dict], settings: dict,
         run_wf = init_postproc_wf(run, settings, name=f"postproc_{run_node_name(run)}_wf")
         wf.connect(run_wf, "outputnode.result_dir", merge, f"in{index}")
     wf.connect(merge, "out", sink, "result_dirs")
+    if settings.get("model_dir"):
+        predict_wf = init_predict_wf(runs, settings["model_dir"], settings["model_atlas"],
+                                     output_dir, settings.get("device", "cpu"))
+        wf.connect(merge, "out", predict_wf, "inputnode.result_dirs")
     return wf
 
 

@@ -1,0 +1,164 @@
+"""Nipype interface: predict a participant's targets (age, fluid intelligence) per session."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from brainfm.derivatives import build_name, subject_func_dir, write_json_atomic, write_tsv_atomic
+from brainfm.errors import InputError
+
+
+def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a model card worth repeating in every predictions sidecar."""
+    training = card.get("training") or {}
+    return {
+        "Atlas": card.get("atlas"),
+        "DenoisingStrategy": card.get("denoising_strategy"),
+        "Targets": [t.get("name") for t in card.get("targets") or []],
+        "TargetColumns": {t.get("name"): t.get("column") for t in card.get("targets") or []},
+        "TrainingCohort": training.get("cohort"),
+        "TrainingSubjects": training.get("n_subjects"),
+        "Window": card.get("window"),
+        "SamplingRateHz": card.get("sampling_rate_hz"),
+        "BrainfmVersion": card.get("brainfm_version"),
+    }
+
+
+def _session_runs(result_dirs: list[str], runs: list[dict]) -> dict[str | None, list[tuple]]:
+    by_session: dict[str | None, list[tuple]] = defaultdict(list)
+    for result_dir, run in zip(result_dirs, runs, strict=True):
+        by_session[run["entities"].get("ses")].append((Path(result_dir), run))
+    return dict(by_session)
+
+
+def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str | Path,
+                        atlas_label: str, output_dir: str | Path,
+                        device: str = "cpu") -> list[str]:
+    """Predict every target for each session of one participant and write the derivatives.
+
+    Runs of a session are combined (sliding windows over all included runs, averaged). Writes
+    ``sub-X[_ses-Y]_desc-brainfm_predictions.tsv`` (+ JSON sidecar with the model hash, a model
+    card summary, the sources and the runs excluded by QC with their reason) and
+    ``sub-X[_ses-Y]_atlas-<A>_desc-rwmoe_expertweights.tsv`` (ROI x expert gate weights).
+
+    Parameters
+    ----------
+    result_dirs : list of str
+        The runs' denoising result folders (see :func:`brainfm.interfaces.denoise.denoise_run`).
+    runs : list of dict
+        The run descriptions, in the same order.
+    model_dir : path
+        A model folder (``model.safetensors`` + ``model_card.json``).
+    atlas_label : str
+        BIDS label of the model's atlas (its time series are used).
+    output_dir : path
+        The output dataset root.
+    device : str
+        ``cpu`` or ``cuda``.
+
+    Returns
+    -------
+    list of str
+        Files written.
+    """
+    from brainfm.models.checkpoint import load_checkpoint
+    from brainfm.models.predict import predict_subject
+
+    model, card = load_checkpoint(model_dir, map_location=device)
+    targets = [t["name"] for t in card["targets"]]
+    written: list[str] = []
+    for session, items in sorted(_session_runs(result_dirs, runs).items(),
+                                 key=lambda kv: kv[0] or ""):
+        subject = items[0][1]["entities"]["sub"]
+        included, excluded, sources, seconds = [], [], [], 0.0
+        for result_dir, run in items:
+            info = json.loads((result_dir / "run.json").read_text())
+            run_name = "_".join(f"{k}-{v}" for k, v in run["entities"].items())
+            if info.get("excluded_reason"):
+                excluded.append({"Run": run_name, "Reason": info["excluded_reason"]})
+                continue
+            table = pd.read_csv(result_dir / f"atlas-{atlas_label}_timeseries.tsv", sep="\t",
+                                na_values=["n/a"], keep_default_na=False)
+            if list(table.columns) != list(card["roi_names"]):
+                raise InputError(
+                    f"the {atlas_label} time series of {run_name} do not have the ROIs of the "
+                    f"model {model_dir} ({table.shape[1]} vs {len(card['roi_names'])} ROIs)")
+            included.append((table.to_numpy(dtype=float), float(run["repetition_time"])))
+            seconds += float(info["retained_seconds"])
+            sources.append(build_name({**run["entities"], "space": run["space"],
+                                       "atlas": atlas_label, "stat": "mean"},
+                                      "timeseries", ".tsv"))
+        row: dict[str, Any] = {"participant_id": f"sub-{subject}",
+                               "session_id": f"ses-{session}" if session else "n/a"}
+        gates = None
+        if included:
+            result = predict_subject(model, card, included, device=device)
+            row.update(result["predictions"])
+            gates = result["gate_weights"]
+        else:
+            row.update({k: None for name in targets for k in (name, f"{name}_std")})
+        row.update(n_runs=len(included), retained_seconds=seconds)
+        ents = {"sub": subject, "ses": session}
+        func_dir = subject_func_dir(Path(output_dir), subject, session)
+        tsv = func_dir / build_name({**ents, "desc": "brainfm"}, "predictions", ".tsv")
+        written.append(str(write_tsv_atomic(tsv, pd.DataFrame([row]))))
+        written.append(str(write_json_atomic(tsv.with_suffix(".json"), {
+            "Description": "brainfm predictions: mean over sliding windows of all included runs; "
+                           "<target>_std combines the model's predicted variance and the spread "
+                           "over windows.",
+            "ModelSHA256": card.get("weights_sha256"),
+            "ModelCard": model_card_summary(card),
+            "Sources": sources,
+            "ExcludedRuns": excluded,
+        })))
+        if gates is not None:
+            weights = pd.DataFrame(gates, columns=[f"expert_{i}" for i in range(gates.shape[1])])
+            weights.insert(0, "Node", card["roi_names"])
+            path = func_dir / build_name({**ents, "atlas": atlas_label, "desc": "rwmoe"},
+                                         "expertweights", ".tsv")
+            written.append(str(write_tsv_atomic(path, weights)))
+            written.append(str(write_json_atomic(path.with_suffix(".json"), {
+                "Description": "Mean RWMoE gate weight of each ROI for each expert over the "
+                               "session's windows (rows sum to 1; 0 for masked ROIs).",
+                "ModelSHA256": card.get("weights_sha256"),
+            })))
+    return written
+
+
+class _PredictInputSpec(BaseInterfaceInputSpec):
+    result_dirs = traits.List(Directory(exists=True), mandatory=True, desc="run result folders")
+    runs = traits.List(traits.Dict, mandatory=True, desc="run descriptions")
+    model_dir = Directory(exists=True, mandatory=True, desc="model folder")
+    atlas_label = traits.Str(mandatory=True, desc="BIDS label of the model's atlas")
+    output_dir = Directory(mandatory=True, desc="output dataset root")
+    device = traits.Enum("cpu", "cuda", usedefault=True, desc="torch device")
+
+
+class _PredictOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str, desc="files written")
+
+
+class PredictParticipant(SimpleInterface):
+    """Predict age and fluid intelligence per session with a brainfm model."""
+
+    input_spec = _PredictInputSpec
+    output_spec = _PredictOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_files"] = predict_participant(
+            list(self.inputs.result_dirs), list(self.inputs.runs), self.inputs.model_dir,
+            self.inputs.atlas_label, self.inputs.output_dir, self.inputs.device,
+        )
+        return runtime

@@ -49,6 +49,7 @@ BIDSIGNORE_PATTERNS = (
     "*_expertweights.json",
     "*.html",
     "/figures",
+    "/group_*",
 )
 
 

@@ -97,3 +97,28 @@ def test_denoising_mismatch_is_an_error_unless_allowed(dataset, tmp_path, capsys
     assert run(dataset, tmp_path / "out2", "--model", str(model), "--participant-label", "01",
                "--allow-model-mismatch") == 0
     shutil.rmtree(tmp_path / "out2")
+
+
+def test_group_level_after_participant(dataset, tmp_path):
+    model = write_model(tmp_path / "model")
+    out = tmp_path / "out"
+    assert run(dataset, out, "--model", str(model)) == 0
+    assert main([str(dataset.bids_dir), str(out), "group"]) == 0
+    for name in ("group_predictions.tsv", "group_predictions.json", "group_metrics.json",
+                 "group_report.html", "sub-01.html", "sub-02.html"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "group_predictions.tsv", sep="\t", na_values=["n/a"])
+    assert len(table) == 4  # two participants x two sessions
+    assert np.isfinite(table[["age_pred", "fluid_intelligence_pred"]].to_numpy()).all()
+    # the metrics equal an independent recomputation from the table
+    metrics = json.loads((out / "group_metrics.json").read_text())
+    err = table["age_pred"] - table["age"]
+    age = metrics["targets"]["age"]
+    assert age["n"] == 4
+    assert age["mae"] == pytest.approx(np.abs(err).mean())
+    assert age["pearson_r"] == pytest.approx(np.corrcoef(table["age_pred"], table["age"])[0, 1])
+    ss_res = (err**2).sum()
+    ss_tot = ((table["age"] - table["age"].mean()) ** 2).sum()
+    assert age["r2"] == pytest.approx(1 - ss_res / ss_tot)
+    html = (out / "group_report.html").read_text()
+    assert "<script" not in html and "http://" not in html.replace("http://www.w3.org", "")

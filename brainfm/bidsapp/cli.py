@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="where the model runs")
 
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--bias-correction", choices=("none", "linear", "residual"), default="none",
+                     help="brain-age bias correction: 'linear' regresses predicted on true age "
+                          "and inverts it (Cole 2018, Beheshti 2019); 'residual' regresses the gap "
+                          "on age (Smith 2019); fitted on --reference-ages, else 5-fold "
+                          "cross-validated within the cohort. Corrected metrics are inflated.")
+    grp.add_argument("--reference-ages", metavar="TSV",
+                     help="participants.tsv (participant_id, age) of a reference sample among "
+                          "the participants in output_dir")
+
     perf = parser.add_argument_group("performance")
     perf.add_argument("-w", "--work-dir", metavar="PATH",
                       help="nipype working directory (reused by reruns); default "
@@ -134,13 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from brainfm.bidsapp.config import from_args
 
         config = from_args(args)
-        if config.analysis_level == "group":
-            LOGGER.error("the group level is not yet implemented in this version")
-            return 64
         _limit_threads(config.omp_nthreads)
-        from brainfm.bidsapp.participant import run_participant_level
+        if config.analysis_level == "group":
+            from brainfm.bidsapp.group import run_group_level
 
-        run_participant_level(config)
+            run_group_level(config)
+        else:
+            from brainfm.bidsapp.participant import run_participant_level
+
+            run_participant_level(config)
     except BrainfmError as err:
         print(f"brainfm: error: {err}", file=sys.stderr)
         return err.exit_code

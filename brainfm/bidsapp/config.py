@@ -38,6 +38,8 @@ class Config:
     skip_bids_validation: bool = False
     verbosity: int = 0
     poll_sleep: float = 0.2
+    bias_correction: str = "none"
+    reference_ages: Path | None = None
     model: str = "default"
     allow_model_mismatch: bool = False
     device: str = "cpu"
@@ -184,6 +186,8 @@ def from_args(args: Any) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         verbosity=args.verbose,
         poll_sleep=args.poll_sleep,
+        bias_correction=args.bias_correction,
+        reference_ages=Path(args.reference_ages).absolute() if args.reference_ages else None,
         model=args.model,
         allow_model_mismatch=args.allow_model_mismatch,
         device=args.device,

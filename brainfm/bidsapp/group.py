@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainfm.bidsapp.config import Config
 from brainfm.derivatives import (
     init_output_dataset,
     write_json_atomic,
@@ -55,6 +56,8 @@ from brainfm.group.collect import (
     read_predictions,
     read_run_qc,
     summarise_run_qc,
+    target_truth_columns,
+    truth_sources,
 )
 from brainfm.group.metrics import pearson_r, regression_metrics
 
@@ -105,6 +108,8 @@ class GroupResult:
         Every run's QC row.
     notes : list of str
         Warnings for the report (participants without known values, ...).
+    truth_columns : dict
+        Target to the ``participants.tsv`` column of its known values.
     """
 
     table: pd.DataFrame
@@ -115,9 +120,11 @@ class GroupResult:
     methods: dict[str, Any]
     run_qc: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    truth_columns: dict[str, str] = field(default_factory=dict)
 
 
-def load_participants(bids_dir: str | Path | None, targets: list[str]) -> pd.DataFrame | None:
+def load_participants(bids_dir: str | Path | None, targets: list[str],
+                      extra_numeric: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """Read ``bids_dir/participants.tsv`` when it exists, checking its numeric columns.
 
     Parameters
@@ -126,6 +133,8 @@ def load_participants(bids_dir: str | Path | None, targets: list[str]) -> pd.Dat
         The input dataset.
     targets : list of str
         Predicted targets (their columns must be numeric too).
+    extra_numeric : tuple of str
+        Further columns that must be numeric (the model's target columns).
 
     Returns
     -------
@@ -143,12 +152,13 @@ def load_participants(bids_dir: str | Path | None, targets: list[str]) -> pd.Dat
     if not path.is_file():
         LOGGER.info("no %s: the group report has predictions only (no known values)", path)
         return None
-    numeric = list(dict.fromkeys([*NUMERIC_PARTICIPANT_COLUMNS, *targets]))
+    numeric = list(dict.fromkeys([*NUMERIC_PARTICIPANT_COLUMNS, *targets, *extra_numeric]))
     return read_participants(path, numeric)
 
 
 def build_group_table(output_dir: str | Path, bids_dir: str | Path | None
-                      ) -> tuple[pd.DataFrame, list[str], list[dict], pd.DataFrame]:
+                      ) -> tuple[pd.DataFrame, list[str], list[dict], pd.DataFrame,
+                                 dict[str, str]]:
     """Read the predictions, QC and known values and merge them (no gap, no correction).
 
     Parameters
@@ -168,12 +178,18 @@ def build_group_table(output_dir: str | Path, bids_dir: str | Path | None
         Prediction sidecars.
     run_qc : pandas.DataFrame
         Every run's QC row.
+    truth_columns : dict
+        Target to the ``participants.tsv`` column its known values came from (the target's own
+        name, else the column named in the model card's ``TargetColumns``).
     """
     predictions, targets, sidecars = read_predictions(output_dir)
     run_qc = read_run_qc(output_dir)
-    participants = load_participants(bids_dir, targets)
-    table = merge_group_table(predictions, targets, summarise_run_qc(run_qc), participants)
-    return table, targets, sidecars, run_qc
+    model_columns = target_truth_columns(sidecars, targets)
+    participants = load_participants(bids_dir, targets, tuple(model_columns.values()))
+    table = merge_group_table(predictions, targets, summarise_run_qc(run_qc), participants,
+                              truth_columns=model_columns)
+    return table, targets, sidecars, run_qc, truth_sources(participants, targets,
+                                                           model_columns)
 
 
 def _insert_after(table: pd.DataFrame, after: str, name: str, values: Any) -> pd.DataFrame:
@@ -355,8 +371,24 @@ def compute_group_metrics(table: pd.DataFrame, targets: list[str],
     return out
 
 
-def column_descriptions(table: pd.DataFrame, targets: list[str]) -> dict[str, Any]:
-    """JSON sidecar of ``group_predictions.tsv``: a description of every column."""
+def column_descriptions(table: pd.DataFrame, targets: list[str],
+                        truth_columns: dict[str, str] | None = None) -> dict[str, Any]:
+    """JSON sidecar of ``group_predictions.tsv``: a description of every column.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The group table.
+    targets : list of str
+        Predicted targets.
+    truth_columns : dict, optional
+        Target to the ``participants.tsv`` column of its known values.
+
+    Returns
+    -------
+    dict
+        Column name to ``{"Description": ...}`` for every column of ``table``.
+    """
     desc: dict[str, Any] = {
         "participant_id": "Participant (sub-<label>).",
         "session_id": "Session (ses-<label>), n/a for datasets without sessions.",
@@ -373,11 +405,13 @@ def column_descriptions(table: pd.DataFrame, targets: list[str]) -> dict[str, An
         "sex": "From participants.tsv.",
         "site": "From participants.tsv.",
     }
+    sources = truth_columns or {}
     for target in targets:
         desc[f"{target}_pred"] = f"Predicted {target} (mean over windows and runs)."
         desc[f"{target}_pred_std"] = f"Predictive standard deviation of {target}_pred " \
                                      "(model and window spread)."
-        desc[target] = f"Known {target} from participants.tsv."
+        desc[target] = f"Known {target}: column '{sources.get(target, target)}' of " \
+                       "participants.tsv."
     return {c: {"Description": desc[c]} for c in table.columns if c in desc}
 
 
@@ -420,7 +454,7 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
     if not output_dir.is_dir():
         raise InputError(f"output_dir {output_dir} does not exist; run the participant level "
                          "first")
-    table, targets, sidecars, run_qc = build_group_table(output_dir, bids_dir)
+    table, targets, sidecars, run_qc, truth_columns = build_group_table(output_dir, bids_dir)
     table = add_brain_age_gap(table)
     table, correction = correct_brain_age(table, bias_correction, reference_ages, n_folds, seed)
     metrics = compute_group_metrics(table, targets, correction)
@@ -431,22 +465,25 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
             if missing:
                 notes.append(f"{len(missing)} participant(s) without a known {target}: "
                              f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+    has_pred = table[[f"{t}_pred" for t in targets]].notna().any(axis=1)
+    predicted = set(zip(table.loc[has_pred, "participant_id"], table.loc[has_pred, "session_id"],
+                        strict=True))
+    processed = set(zip(table["participant_id"], table["session_id"], strict=True))
     if len(run_qc):
-        predicted = set(zip(table["participant_id"], table["session_id"], strict=True))
-        unpredicted = sorted({f"{p}" + ("" if s == "n/a" else f" {s}")
-                              for p, s in zip(run_qc["participant_id"], run_qc["session_id"],
-                                              strict=True) if (p, s) not in predicted})
-        if unpredicted:
-            notes.append(f"{len(unpredicted)} participant session(s) processed but without "
-                         f"predictions (all runs excluded, or the model stage did not run): "
-                         f"{', '.join(unpredicted[:20])}{' ...' if len(unpredicted) > 20 else ''}")
+        processed |= set(zip(run_qc["participant_id"], run_qc["session_id"], strict=True))
+    unpredicted = sorted(f"{p}" + ("" if s == "n/a" else f" {s}")
+                         for p, s in processed - predicted)
+    if unpredicted:
+        notes.append(f"{len(unpredicted)} participant session(s) processed but without "
+                     f"predictions (all runs excluded, or the model stage did not run): "
+                     f"{', '.join(unpredicted[:20])}{' ...' if len(unpredicted) > 20 else ''}")
     if metrics["targets_without_known_values"]:
         notes.append("no known values (participants.tsv) for: "
                      + ", ".join(metrics["targets_without_known_values"]))
     return GroupResult(table=table, targets=targets, metrics=metrics, correction=correction,
                        expert_weights=read_expert_weights(output_dir),
                        methods=collect_methods_info(output_dir, sidecars), run_qc=run_qc,
-                       notes=notes)
+                       notes=notes, truth_columns=truth_columns)
 
 
 def _update_shared_files(output_dir: Path, bids_dir: Path | None) -> None:
@@ -492,7 +529,7 @@ def write_group_outputs(result: GroupResult, output_dir: str | Path,
         "predictions": write_tsv_atomic(output_dir / PREDICTIONS_FILE, result.table),
         "predictions_json": write_json_atomic(
             output_dir / PREDICTIONS_FILE.replace(".tsv", ".json"),
-            column_descriptions(result.table, result.targets)),
+            column_descriptions(result.table, result.targets, result.truth_columns)),
         "metrics": write_json_atomic(output_dir / METRICS_FILE, result.metrics),
     }
     bias_path = output_dir / BIAS_FILE
@@ -504,7 +541,7 @@ def write_group_outputs(result: GroupResult, output_dir: str | Path,
     return written
 
 
-def run_group_level(config: Any) -> dict[str, Path]:
+def run_group_level(config: Config) -> dict[str, Path]:
     """Run the group level for a :class:`~brainfm.bidsapp.config.Config`.
 
     Reads ``config.output_dir`` (and ``config.bids_dir/participants.tsv``), and the optional

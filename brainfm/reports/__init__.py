@@ -1,1 +1,133 @@
-"""brainfm.reports."""
+"""Self-contained HTML reports (group and participant) and their figures.
+
+Pages are filled from ``templates/report.html`` with :class:`string.Template`; every figure is
+an inline base64 PNG, the CSS is inline, and no script or external resource is referenced, so a
+report can be mailed, archived or opened offline. The helpers here build the page and its
+tables; :mod:`brainfm.reports.figures` draws, :mod:`brainfm.reports.group_report` and
+:mod:`brainfm.reports.participant_report` assemble.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from string import Template
+from typing import Any
+
+import pandas as pd
+
+from brainfm import __version__
+
+__all__ = ["Section", "esc", "format_value", "html_table", "render_page", "load_template"]
+
+#: Template of every report page (``$title``, ``$subtitle``, ``$nav``, ``$body``, ``$version``,
+#: ``$date``).
+TEMPLATE_NAME = "report.html"
+
+
+def esc(text: Any) -> str:
+    """HTML-escape any value (``None`` gives an empty string)."""
+    return "" if text is None else html.escape(str(text), quote=True)
+
+
+def format_value(value: Any, digits: int = 2) -> str:
+    """Format a table cell: rounded floats, ``n/a`` for missing values, escaped text."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) or hasattr(value, "dtype"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return esc(value)
+        if math.isnan(number):
+            return "n/a"
+        if number.is_integer() and abs(number) < 1e12:
+            return str(int(number))
+        return f"{number:.{digits}f}"
+    if isinstance(value, str) and value in ("", "nan"):
+        return "n/a"
+    return esc(value)
+
+
+def html_table(table: pd.DataFrame, digits: int = 2, text_columns: Iterable[str] = (),
+               scroll: bool = False, css_class: str = "") -> str:
+    """Render a table as HTML (escaped; numbers right-aligned, text columns left-aligned).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The rows (the index is not shown).
+    digits : int
+        Decimals of floats.
+    text_columns : iterable of str
+        Columns aligned left (object columns are too).
+    scroll : bool
+        Wrap in a scrolling box with a sticky header (long tables).
+    css_class : str
+        Class of the ``<table>``.
+
+    Returns
+    -------
+    str
+        The HTML.
+    """
+    text = set(text_columns) | {c for c in table.columns if table[c].dtype == object}
+    head = "".join(f'<th class="{"text" if c in text else ""}">{esc(c)}</th>'
+                   for c in table.columns)
+    rows = []
+    for record in table.itertuples(index=False):
+        cells = "".join(
+            f'<td class="{"text" if c in text else ""}">{format_value(v, digits)}</td>'
+            for c, v in zip(table.columns, record, strict=True))
+        rows.append(f"<tr>{cells}</tr>")
+    cls = f' class="{esc(css_class)}"' if css_class else ""
+    out = f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="table-wrap">{out}</div>' if scroll else out
+
+
+class Section:
+    """One section of a report page: an anchor, a title (also the navigation entry), HTML."""
+
+    def __init__(self, anchor: str, title: str, body: str) -> None:
+        self.anchor = anchor
+        self.title = title
+        self.body = body
+
+    def html(self) -> str:
+        """The section element."""
+        return (f'<section id="{esc(self.anchor)}"><h2>{esc(self.title)}</h2>\n'
+                f"{self.body}\n</section>")
+
+
+def load_template(name: str = TEMPLATE_NAME) -> Template:
+    """The page template shipped in ``brainfm/reports/templates``."""
+    text = resources.files("brainfm.reports").joinpath("templates", name).read_text("utf-8")
+    return Template(text)
+
+
+def render_page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
+    """Fill the page template.
+
+    Parameters
+    ----------
+    title : str
+        Page title (plain text; escaped).
+    subtitle : str
+        A line under the title (plain text; escaped).
+    sections : sequence of Section
+        The sections, in order (their bodies are HTML, inserted as is).
+
+    Returns
+    -------
+    str
+        The complete HTML document.
+    """
+    nav = "".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections)
+    return load_template().substitute(
+        title=esc(title), subtitle=esc(subtitle), nav=nav,
+        body="\n".join(s.html() for s in sections), version=esc(__version__),
+        date=esc(_dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
+    )

@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from brainfm.interfaces.denoise import DenoiseROISignals
 from brainfm.interfaces.derivatives import ParticipantDerivativesSink
 from brainfm.interfaces.parcellate import ExtractROISignals
+from brainfm.interfaces.reports import ParticipantReport
 from brainfm.workflows.predict import init_predict_wf
 
 
@@ -37,6 +38,8 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
     -------
     outputnode.result_dir
         Folder with the run's denoised time series, connectivity, coverage and QC.
+    outputnode.signals_file
+        The raw ROI signals (before denoising) of every atlas.
     """
     wf = pe.Workflow(name=name)
     extract = pe.Node(
@@ -59,9 +62,11 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
         ),
         name="denoise",
     )
-    outputnode = pe.Node(niu.IdentityInterface(fields=["result_dir"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["result_dir", "signals_file"]),
+                         name="outputnode")
     wf.connect([
         (extract, denoise, [("signals_file", "signals_file")]),
+        (extract, outputnode, [("signals_file", "signals_file")]),
         (denoise, outputnode, [("result_dir", "result_dir")]),
     ])
     return wf
@@ -70,23 +75,42 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
 def init_single_subject_wf(subject: str, runs: list[dict], settings: dict,
                            output_dir: Path) -> pe.Workflow:
     """All runs of one participant, then one sink that writes them when every run succeeded,
-    and (with ``settings["model_dir"]``) the predictions of each session."""
+    (with ``settings["model_dir"]``) the predictions of each session, and the HTML report."""
     wf = pe.Workflow(name=f"single_subject_{subject}_wf")
     merge = pe.Node(niu.Merge(len(runs)), name="merge_runs", run_without_submitting=True)
+    merge_signals = pe.Node(niu.Merge(len(runs)), name="merge_signals",
+                            run_without_submitting=True)
     sink = pe.Node(
-        ParticipantDerivativesSink(runs=list(runs),
-                                   output_dir=str(output_dir), settings=dict(settings)),
+        ParticipantDerivativesSink(runs=list(runs), output_dir=str(output_dir),
+                                   settings=dict(settings)),
         name="ds_participant", run_without_submitting=True,
     )
     sink.overwrite = True  # always (re)write outputs, even when upstream results are cached
+    report = pe.Node(ParticipantReport(output_dir=str(output_dir), subject=subject,
+                                       runs=list(runs)), name="participant_report")
+    report.overwrite = True
+    written = pe.Node(niu.Merge(2), name="merge_written", run_without_submitting=True)
     for index, run in enumerate(runs, start=1):
         run_wf = init_postproc_wf(run, settings, name=f"postproc_{run_node_name(run)}_wf")
-        wf.connect(run_wf, "outputnode.result_dir", merge, f"in{index}")
-    wf.connect(merge, "out", sink, "result_dirs")
+        wf.connect([
+            (run_wf, merge, [("outputnode.result_dir", f"in{index}")]),
+            (run_wf, merge_signals, [("outputnode.signals_file", f"in{index}")]),
+        ])
+    wf.connect([
+        (merge, sink, [("out", "result_dirs")]),
+        (merge_signals, report, [("out", "signals_files")]),
+        (sink, written, [("out_files", "in1")]),
+        (written, report, [("out", "written_files")]),
+    ])
     if settings.get("model_dir"):
         predict_wf = init_predict_wf(runs, settings["model_dir"], settings["model_atlas"],
                                      output_dir, settings.get("device", "cpu"))
-        wf.connect(merge, "out", predict_wf, "inputnode.result_dirs")
+        wf.connect([
+            (merge, predict_wf, [("out", "inputnode.result_dirs")]),
+            (predict_wf, written, [("outputnode.out_files", "in2")]),
+        ])
+    else:
+        written.inputs.in2 = []
     return wf
 
 

@@ -34,6 +34,11 @@ def init_predict_wf(runs: list[dict], model_dir: str | Path, atlas_label: str,
     ------
     inputnode.result_dirs
         The runs' denoising result folders.
+
+    Outputs
+    -------
+    outputnode.out_files
+        The predictions and expert-weight files written.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["result_dirs"]), name="inputnode")
@@ -43,5 +48,9 @@ def init_predict_wf(runs: list[dict], model_dir: str | Path, atlas_label: str,
         name="predict",
     )
     predict.overwrite = True  # outputs live outside the work dir: always (re)write them
-    wf.connect(inputnode, "result_dirs", predict, "result_dirs")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_files"]), name="outputnode")
+    wf.connect([
+        (inputnode, predict, [("result_dirs", "result_dirs")]),
+        (predict, outputnode, [("out_files", "out_files")]),
+    ])
     return wf

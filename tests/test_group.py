@@ -1,0 +1,451 @@
+"""Group level: aggregate table, brain-age gap, bias correction, metrics, errors.
+
+The fixture writes participant-level outputs with the exact names the participant level uses
+(predictions, expert weights, run QC, time-series sidecars, the copied atlas) plus a
+``participants.tsv`` whose ages carry a planted linear bias in the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from brainfm.atlases import get_atlas
+from brainfm.bidsapp.config import Config
+from brainfm.bidsapp.group import (
+    BIAS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    compute_group,
+    run_group_level,
+)
+from brainfm.derivatives import init_output_dataset, write_json_atomic, write_tsv_atomic
+from brainfm.errors import InputError, UsageError
+from brainfm.group.brainage import (
+    apply_bias_correction,
+    cross_validated_bias_correction,
+    fit_bias_correction,
+    fold_assignment,
+)
+from brainfm.group.metrics import regression_metrics
+from brainfm.outputs import copy_atlases
+
+#: Planted bias of the fixture's predicted age: age_pred = SLOPE * age + INTERCEPT + noise.
+SLOPE, INTERCEPT = 0.6, 14.0
+MODEL_SHA = "3f" * 32
+N_EXPERTS = 4
+
+
+def _expert_weights(names: list[str], centroids: np.ndarray, rng: np.random.Generator
+                    ) -> np.ndarray:
+    """Spatially structured gate weights: soft assignment of ROI centroids to 4 brain zones."""
+    centres = np.array([[0, 40, 10], [0, -75, 5], [-45, -20, 0], [40, -40, 45]], dtype=float)
+    d2 = ((centroids[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    logits = -d2 / (2 * 35.0**2) + rng.normal(0, 0.3, size=d2.shape)
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _roi_centroids(atlas_image: Path, n_rois: int) -> np.ndarray:
+    import nibabel as nib
+    from scipy import ndimage
+
+    img = nib.load(atlas_image)
+    labels = np.asarray(img.dataobj).astype(int)
+    com = ndimage.center_of_mass(np.ones_like(labels), labels, index=np.arange(1, n_rois + 1))
+    ijk = np.array([c if np.all(np.isfinite(c)) else (0, 0, 0) for c in com], dtype=float)
+    return ijk @ img.affine[:3, :3].T + img.affine[:3, 3]
+
+
+def write_group_fixture(root: Path, n_participants: int = 6, seed: int = 0,
+                        sessions_for: tuple[int, ...] = (0,), noise: float = 0.5,
+                        with_timeseries: bool = False, n_volumes: int = 60,
+                        experts: bool = True) -> dict:
+    """Write participant-level outputs and a participants.tsv under ``root``.
+
+    Parameters
+    ----------
+    root : Path
+        Folder receiving ``bids/`` (participants.tsv only) and ``out/`` (outputs).
+    n_participants : int
+        Participants ``sub-01 ..``.
+    seed : int
+        Random seed.
+    sessions_for : tuple of int
+        Indices of participants that get two sessions (``ses-1``, ``ses-2``); others none.
+    noise : float
+        SD (years) of the noise added to the planted linear bias of predicted age.
+    with_timeseries : bool
+        Also write time series, outliers, motion and connectivity (for participant reports).
+    n_volumes : int
+        Acquired volumes per run (with ``with_timeseries``).
+    experts : bool
+        Write the RWMoE expert-weight tables (their maps are the slowest part of the report).
+
+    Returns
+    -------
+    dict
+        ``bids``, ``out``, ``ages`` (participant -> age), ``roi_names``.
+    """
+    rng = np.random.default_rng(seed)
+    bids, out = root / "bids", root / "out"
+    bids.mkdir(parents=True, exist_ok=True)
+    init_output_dataset(out, [str(bids)])
+    atlas = get_atlas("CC200")
+    copy_atlases(out, [atlas])
+    names = atlas.labels["name"].astype(str).tolist()
+    centroids = _roi_centroids(atlas.image, len(names))
+    base_weights = _expert_weights(names, centroids, rng)
+    ages = np.round(np.linspace(8, 62, n_participants) + rng.normal(0, 1, n_participants), 1)
+    fi = np.round(100 + rng.normal(0, 12, n_participants), 0)
+    participants = []
+    for i in range(n_participants):
+        sub = f"sub-{i + 1:02d}"
+        participants.append({"participant_id": sub, "age": ages[i],
+                             "sex": "F" if i % 2 else "M", "fluid_intelligence": fi[i]})
+        sessions = ["ses-1", "ses-2"] if i in sessions_for else [None]
+        qc_rows = []
+        for ses in sessions:
+            prefix = sub + (f"_{ses}" if ses else "")
+            func = out / sub / (ses or "") / "func"
+            fd_mean = float(rng.uniform(0.08, 0.35))
+            retained = float(rng.integers(150, 300) * 2.0)
+            age_pred = SLOPE * ages[i] + INTERCEPT + rng.normal(0, noise)
+            fi_pred = 100 + 0.5 * (fi[i] - 100) + rng.normal(0, 4)
+            pred = pd.DataFrame([{
+                "participant_id": sub, "session_id": ses or "n/a",
+                "age": age_pred, "age_std": float(rng.uniform(2, 5)),
+                "fluid_intelligence": fi_pred, "fluid_intelligence_std": float(rng.uniform(5, 9)),
+                "n_runs": 1, "retained_seconds": retained,
+            }])
+            path = func / f"{prefix}_desc-brainfm_predictions.tsv"
+            write_tsv_atomic(path, pred)
+            write_json_atomic(path.with_suffix(".json"), {
+                "ModelSHA256": MODEL_SHA,
+                "ModelCard": {"Atlas": "CC200", "DenoisingStrategy": "pcp",
+                              "Targets": ["age", "fluid_intelligence"],
+                              "TargetColumns": {"age": "age",
+                                                "fluid_intelligence": "fluid_intelligence"},
+                              "TrainingCohort": "ABIDE PCP (filt_global)",
+                              "TrainingSubjects": 871, "Window": 64, "SamplingRateHz": 0.5,
+                              "BrainfmVersion": "0.1.0"},
+                "Sources": [f"bids:brainfm:{sub}/func/{prefix}_task-rest_space-MNI152NLin6Asym_"
+                            "atlas-CC200_stat-mean_timeseries.tsv"],
+            })
+            weights = base_weights * rng.uniform(0.8, 1.2, size=base_weights.shape)
+            weights /= weights.sum(axis=1, keepdims=True)
+            ew = pd.DataFrame(weights, columns=[f"expert_{k}" for k in range(N_EXPERTS)])
+            ew.insert(0, "Node", names)
+            if experts:
+                write_tsv_atomic(func / f"{prefix}_atlas-CC200_desc-rwmoe_expertweights.tsv",
+                                 ew)
+            run_prefix = f"{prefix}_task-rest"
+            series_base = f"{run_prefix}_space-MNI152NLin6Asym_atlas-CC200"
+            sidecar = {"RepetitionTime": 2.0, "SamplingFrequency": 0.5,
+                       "DenoisingStrategy": "pcp", "FDThreshold": 0.5, "DummyScans": 0,
+                       "BandpassFilter": {"HighPass": 0.01, "LowPass": 0.1},
+                       "NuisanceRegressors": [f"reg{k}" for k in range(34)],
+                       "Atlas": "CC200", "Sources": []}
+            write_json_atomic(func / f"{series_base}_stat-mean_timeseries.json", sidecar)
+            n_retained = int(retained / 2.0)
+            if with_timeseries:
+                fd = np.abs(rng.normal(fd_mean, 0.12, n_volumes))
+                fd[0] = np.nan
+                fd[[10, 11, 30]] = [0.8, 0.9, 0.7]
+                outlier = (np.nan_to_num(fd) > 0.5).astype(int)
+                write_tsv_atomic(func / f"{run_prefix}_outliers.tsv", pd.DataFrame(
+                    {"framewise_displacement": fd, "outlier": outlier,
+                     "dummy": np.zeros(n_volumes, int)}))
+                write_json_atomic(func / f"{run_prefix}_outliers.json", {"FDThreshold": 0.5})
+                keep = outlier == 0
+                n_retained = int(keep.sum())
+                series = rng.normal(size=(n_retained, len(names)))
+                write_tsv_atomic(func / f"{series_base}_stat-mean_timeseries.tsv",
+                                 pd.DataFrame(series, columns=names))
+                corr = np.corrcoef(series.T)
+                relmat = pd.DataFrame(corr, index=pd.Index(names, name="Node"), columns=names)
+                write_tsv_atomic(func / f"{series_base}_stat-pearsoncorrelation_relmat.tsv",
+                                 relmat, index=True)
+            qc_rows.append({"participant_id": sub, "session_id": ses or "n/a",
+                            "run": "task-rest", "n_volumes": n_volumes,
+                            "n_retained": n_retained, "retained_seconds": retained,
+                            "mean_fd": fd_mean, "status": "included", "reason": "n/a"})
+        if i == n_participants - 1:
+            qc_rows.append({"participant_id": sub, "session_id": "n/a", "run": "task-rest_run-2",
+                            "n_volumes": n_volumes, "n_retained": 20, "retained_seconds": 40.0,
+                            "mean_fd": 0.9, "status": "excluded",
+                            "reason": "only 40 s retained after censoring (minimum 120 s)"})
+        write_tsv_atomic(out / sub / f"{sub}_desc-runs_qc.tsv", pd.DataFrame(qc_rows))
+    write_tsv_atomic(bids / "participants.tsv", pd.DataFrame(participants))
+    return {"bids": bids, "out": out, "roi_names": names,
+            "ages": {p["participant_id"]: p["age"] for p in participants}}
+
+
+def make_config(bids: Path, out: Path, **extra) -> Config:
+    """The participant-level Config with the group options set as attributes."""
+    config = Config(bids_dir=bids, output_dir=out, analysis_level="group")
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def group_run(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("group")
+    fx = write_group_fixture(root, n_participants=6, sessions_for=(0,))
+    written = run_group_level(make_config(fx["bids"], fx["out"]))
+    return {**fx, "written": written}
+
+
+def _read_group_table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / PREDICTIONS_FILE, sep="\t", na_values=["n/a"],
+                       keep_default_na=False)
+
+
+def test_group_writes_all_outputs(group_run):
+    out = group_run["out"]
+    for name in (PREDICTIONS_FILE, "group_predictions.json", METRICS_FILE, REPORT_FILE):
+        assert (out / name).is_file(), name
+    assert not (out / BIAS_FILE).exists()
+    assert "/group_*" in (out / ".bidsignore").read_text().splitlines()
+    assert not list(out.glob(".*.tmp"))
+    table = _read_group_table(out)
+    assert len(table) == 7  # 6 participants, one with two sessions
+    assert set(table.loc[table["participant_id"] == "sub-01", "session_id"]) == {"ses-1",
+                                                                                 "ses-2"}
+    for col in ("age_pred", "age_pred_std", "age", "age_gap", "fluid_intelligence_pred",
+                "fluid_intelligence_pred_std", "fluid_intelligence", "n_runs",
+                "n_runs_excluded", "retained_seconds", "mean_fd", "sex"):
+        assert col in table, col
+    ages = group_run["ages"]
+    assert np.allclose(table["age"], table["participant_id"].map(ages))
+    assert np.allclose(table["age_gap"], table["age_pred"] - table["age"])
+    last = table[table["participant_id"] == "sub-06"].iloc[0]
+    assert last["n_runs_excluded"] == 1
+    sidecar = json.loads((out / "group_predictions.json").read_text())
+    assert set(sidecar) == set(table.columns)
+
+
+def test_sessions_without_predictions_are_noted(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
+    qc = pd.DataFrame([{"participant_id": "sub-09", "session_id": "n/a", "run": "task-rest",
+                        "n_volumes": 100, "n_retained": 10, "retained_seconds": 20.0,
+                        "mean_fd": 1.2, "status": "excluded", "reason": "too short"}])
+    write_tsv_atomic(fx["out"] / "sub-09" / "sub-09_desc-runs_qc.tsv", qc)
+    # a session whose runs were all excluded: predictions n/a, n_runs 0 (participant level)
+    path = fx["out"] / "sub-04" / "func" / "sub-04_desc-brainfm_predictions.tsv"
+    write_tsv_atomic(path, pd.DataFrame([{
+        "participant_id": "sub-04", "session_id": "n/a", "age": None, "age_std": None,
+        "fluid_intelligence": None, "fluid_intelligence_std": None, "n_runs": 0,
+        "retained_seconds": 0.0}]))
+    result = compute_group(fx["out"], fx["bids"])
+    assert len(result.table) == 4
+    assert any("without predictions" in note and "sub-09" in note and "sub-04" in note
+               for note in result.notes)
+    row = result.table.set_index("participant_id").loc["sub-04"]
+    assert np.isnan(row["age_pred"]) and row["n_runs"] == 0
+    assert result.metrics["targets"]["age"]["n"] == 3
+    assert result.metrics["targets"]["age"]["n_predicted"] == 3
+
+
+def test_group_metrics_match_independent_recomputation(group_run):
+    out = group_run["out"]
+    table = _read_group_table(out)
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics["n_sessions"] == 7 and metrics["n_participants"] == 6
+    for target in ("age", "fluid_intelligence"):
+        ok = table[target].notna() & table[f"{target}_pred"].notna()
+        y = table.loc[ok, target].to_numpy(float)
+        p = table.loc[ok, f"{target}_pred"].to_numpy(float)
+        got = metrics["targets"][target]
+        assert got["n"] == ok.sum()
+        assert got["mae"] == pytest.approx(np.mean(np.abs(p - y)), rel=1e-9)
+        assert got["rmse"] == pytest.approx(np.sqrt(np.mean((p - y) ** 2)), rel=1e-9)
+        assert got["pearson_r"] == pytest.approx(stats.pearsonr(y, p)[0], rel=1e-9)
+        r2 = 1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert got["r2"] == pytest.approx(r2, rel=1e-9, abs=1e-12)
+    gap = table["age_pred"] - table["age"]
+    assert metrics["brain_age_gap"]["mean"] == pytest.approx(gap.mean())
+    assert metrics["brain_age_gap"]["r_with_age"] == pytest.approx(
+        stats.pearsonr(table["age"], gap)[0])
+
+
+def test_regression_metrics_against_sklearn():
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(40, 10, 50)
+    p = y + rng.normal(0, 5, 50)
+    p[3] = np.nan
+    m = regression_metrics(y, p)
+    ok = np.isfinite(p)
+    assert m["n"] == 49
+    assert m["mae"] == pytest.approx(mean_absolute_error(y[ok], p[ok]))
+    assert m["r2"] == pytest.approx(r2_score(y[ok], p[ok]))
+    empty = regression_metrics([1.0, 2.0], [np.nan, np.nan])
+    assert empty["n"] == 0 and empty["mae"] is None and empty["r2"] is None
+
+
+def test_fit_and_apply_recover_exact_bias():
+    age = np.linspace(10, 70, 30)
+    pred = SLOPE * age + INTERCEPT
+    lin = fit_bias_correction(pred, age, "linear")
+    assert lin["slope"] == pytest.approx(SLOPE) and lin["intercept"] == pytest.approx(INTERCEPT)
+    pred_corr, gap_corr = apply_bias_correction(pred, age, lin)
+    assert np.allclose(pred_corr, age) and np.allclose(gap_corr, 0)
+    res = fit_bias_correction(pred, age, "residual")
+    assert res["slope"] == pytest.approx(SLOPE - 1) and res["intercept"] == pytest.approx(INTERCEPT)
+    pred_corr, gap_corr = apply_bias_correction(pred, age, res)
+    assert np.allclose(gap_corr, 0) and np.allclose(pred_corr, age)
+    with pytest.raises(ValueError):
+        fit_bias_correction([1.0, 2.0], [1.0, 2.0], "linear")
+
+
+def test_folds_keep_participants_whole():
+    groups = ["a", "a", "b", "c", "c", "d", "e", "f", "g"]
+    folds = fold_assignment(groups, 3, seed=1)
+    for g in set(groups):
+        assert len({f for f, gg in zip(folds, groups, strict=True) if gg == g}) == 1
+    assert set(folds) == {0, 1, 2}
+    age = np.linspace(10, 60, 9)
+    pred_corr, gap_corr, info = cross_validated_bias_correction(
+        SLOPE * age + INTERCEPT, age, groups, "linear", n_folds=3)
+    assert info["n_folds"] == 3 and np.allclose(gap_corr, 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method,slope", [("linear", SLOPE), ("residual", SLOPE - 1)])
+def test_cross_validated_correction_recovers_planted_bias(tmp_path, method, slope):
+    fx = write_group_fixture(tmp_path, n_participants=12, sessions_for=(), noise=0.3, seed=5,
+                             experts=False)
+    written = run_group_level(make_config(fx["bids"], fx["out"], bias_correction=method))
+    coefs = json.loads(written["bias_correction"].read_text())
+    assert coefs["method"] == method and coefs["fit"] == "cross-validated"
+    assert coefs["full_sample"]["slope"] == pytest.approx(slope, abs=0.03)
+    assert coefs["full_sample"]["intercept"] == pytest.approx(INTERCEPT, abs=1.0)
+    for fold in coefs["folds"]:
+        assert fold["slope"] == pytest.approx(slope, abs=0.06)
+    table = _read_group_table(fx["out"])
+    assert abs(stats.pearsonr(table["age"], table["age_gap"])[0]) > 0.9
+    assert abs(stats.pearsonr(table["age"], table["age_gap_corrected"])[0]) < 0.5
+    assert np.abs(table["age_gap_corrected"]).max() < 2.0
+    metrics = json.loads((fx["out"] / METRICS_FILE).read_text())
+    corrected = metrics["bias_corrected"]
+    ok = table["age_pred_corrected"].notna()
+    y, p = table.loc[ok, "age"], table.loc[ok, "age_pred_corrected"]
+    assert corrected["mae"] == pytest.approx(np.mean(np.abs(p - y)))
+    assert corrected["r2"] == pytest.approx(1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
+    assert "inflated" in corrected["warning"]
+    report = (fx["out"] / REPORT_FILE).read_text()
+    assert "inflated by construction" in report
+    # a rerun without correction removes the stale coefficients
+    run_group_level(make_config(fx["bids"], fx["out"]))
+    assert not (fx["out"] / BIAS_FILE).exists()
+    assert "age_gap_corrected" not in _read_group_table(fx["out"])
+
+
+def test_reference_sample_correction(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=10, sessions_for=(), noise=0.2, seed=7)
+    ref = tmp_path / "reference.tsv"
+    ages = fx["ages"]
+    ref_ids = ["sub-01", "sub-03", "sub-05", "sub-07", "sub-09"]
+    pd.DataFrame({"participant_id": ref_ids, "age": [ages[s] for s in ref_ids]}).to_csv(
+        ref, sep="\t", index=False)
+    result = compute_group(fx["out"], fx["bids"], "linear", ref)
+    corr = result.correction
+    assert corr["fit"] == "reference" and corr["reference_participants"] == ref_ids
+    assert corr["n"] == 5
+    assert corr["slope"] == pytest.approx(SLOPE, abs=0.03)
+    assert corr["intercept"] == pytest.approx(INTERCEPT, abs=1.0)
+    assert result.table["age_gap_corrected"].abs().max() < 1.0
+
+
+def test_no_participants_tsv_gives_predictions_only(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    (fx["bids"] / "participants.tsv").unlink()
+    written = run_group_level(make_config(fx["bids"], fx["out"]))
+    metrics = json.loads(written["metrics"].read_text())
+    assert metrics["targets"] == {}
+    assert metrics["targets_without_known_values"] == ["age", "fluid_intelligence"]
+    table = _read_group_table(fx["out"])
+    assert "age" not in table and "age_gap" not in table
+    html = written["report"].read_text()
+    assert "no known values" in html and 'alt="age: predictions"' in html
+    assert "No expert-weight tables" in html
+
+
+def test_known_values_from_the_model_target_column(tmp_path):
+    """Without a 'fluid_intelligence' column, the column the model was trained on is used."""
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    part = pd.read_csv(path, sep="\t").rename(columns={"fluid_intelligence": "piq"})
+    part.to_csv(path, sep="\t", index=False)
+    for sidecar in fx["out"].glob("sub-*/func/*_predictions.json"):
+        content = json.loads(sidecar.read_text())
+        content["ModelCard"]["TargetColumns"]["fluid_intelligence"] = "piq"
+        sidecar.write_text(json.dumps(content))
+    result = compute_group(fx["out"], fx["bids"])
+    assert result.truth_columns == {"age": "age", "fluid_intelligence": "piq"}
+    assert np.allclose(result.table["fluid_intelligence"].to_numpy(float),
+                       part.set_index("participant_id").loc[result.table["participant_id"],
+                                                            "piq"].to_numpy(float))
+    assert result.metrics["targets"]["fluid_intelligence"]["n"] == 4
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_empty_output_dir_is_input_error(tmp_path):
+    (tmp_path / "bids").mkdir()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError) as err:
+        run_group_level(make_config(tmp_path / "bids", tmp_path / "out"))
+    assert err.value.exit_code == 66
+    assert "participant level first" in str(err.value)
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_non_numeric_ages_name_file_and_rows(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
+    path = fx["bids"] / "participants.tsv"
+    table = pd.read_csv(path, sep="\t")
+    table["age"] = table["age"].astype(object)
+    table.loc[1, "age"] = "twelve"
+    table.loc[3, "age"] = "40y"
+    table.to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    message = str(err.value)
+    assert err.value.exit_code == 66
+    assert str(path) in message and "age" in message
+    assert "sub-02" in message and "'twelve'" in message and "sub-04" in message
+    assert "sub-01" not in message
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_missing_reference_ages_is_input_error(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
+    missing = tmp_path / "nope.tsv"
+    with pytest.raises(InputError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"], bias_correction="linear",
+                                    reference_ages=missing))
+    assert err.value.exit_code == 66 and str(missing) in str(err.value)
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_option_errors(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
+    with pytest.raises(UsageError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"], bias_correction="quadratic"))
+    assert err.value.exit_code == 64
+    ref = fx["bids"] / "participants.tsv"
+    with pytest.raises(UsageError):
+        run_group_level(make_config(fx["bids"], fx["out"], reference_ages=ref))
+    (fx["bids"] / "participants.tsv").unlink()
+    with pytest.raises(InputError, match="known ages"):
+        run_group_level(make_config(fx["bids"], fx["out"], bias_correction="residual"))

@@ -11,6 +11,7 @@ from brainfm.workflows.preproc.fmriprep import (
 from brainfm.workflows.preproc.minimal import (
     init_minimal_preproc_wf,
     init_minimal_run_wf,
+    minimal_output_dir,
     run_minimal_preproc,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "init_fmriprep_wf",
     "init_minimal_preproc_wf",
     "init_minimal_run_wf",
+    "minimal_output_dir",
     "run_fmriprep",
     "run_minimal_preproc",
 ]

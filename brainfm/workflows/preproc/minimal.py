@@ -38,6 +38,26 @@ from brainfm.workflows.preproc.execution import run_workflow
 LOGGER = logging.getLogger("brainfm.preproc")
 
 
+#: Folder (under ``output_dir/sourcedata``) of the minimal preprocessing's derivatives.
+MINIMAL_DIRNAME = "brainfm-minimal-preproc"
+
+
+def minimal_output_dir(output_dir: str | Path) -> Path:
+    """Where brainfm puts its minimal preprocessing: ``output_dir/sourcedata/<name>``.
+
+    Parameters
+    ----------
+    output_dir : str or pathlib.Path
+        brainfm's output folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``output_dir/sourcedata/brainfm-minimal-preproc`` (absolute).
+    """
+    return Path(output_dir).absolute() / "sourcedata" / MINIMAL_DIRNAME
+
+
 def _node_name(entities: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "", "_".join(f"{k}{v}" for k, v in entities.items()))
 
@@ -166,8 +186,9 @@ def run_minimal_preproc(
     bids_dir : str or pathlib.Path
         Raw BIDS dataset (read only).
     out_fmriprep_dir : str or pathlib.Path
-        The derivatives folder to write (e.g. ``output_dir/sourcedata/brainfm-minimal``); give
-        it to :func:`brainfm.bidsapp.collect.collect_runs` afterwards.
+        The derivatives folder to write (:func:`minimal_output_dir`:
+        ``output_dir/sourcedata/brainfm-minimal-preproc``); give it to
+        :func:`brainfm.bidsapp.collect.collect_runs` afterwards.
     participant_label : sequence of str or str or None
         Participants (with or without ``sub-``); None: all.
     task : str

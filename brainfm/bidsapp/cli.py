@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--fmriprep-dir", metavar="PATH",
                      help="fMRIPrep derivatives (default: bids_dir/derivatives/fmriprep, or "
                           "bids_dir itself when it is an fMRIPrep derivatives dataset)")
+    sel.add_argument("--preproc", choices=["fmriprep", "minimal"],
+                     help="how to preprocess raw BOLD when no fMRIPrep derivatives exist: run "
+                          "fMRIPrep (default when fmriprep, fmriprep-docker or apptainer/"
+                          "singularity with --fmriprep-image is available) or brainfm's minimal "
+                          "preprocessing (affine only; docs/preprocessing.md)")
+    sel.add_argument("--fmriprep-image", metavar="TAG|SIF",
+                     help="fMRIPrep Docker tag (fmriprep-docker) or Apptainer/Singularity .sif")
+    sel.add_argument("--fs-license-file", metavar="PATH",
+                     help="FreeSurfer licence for fMRIPrep (default: $FS_LICENSE)")
+    sel.add_argument("--fs-no-reconall", action="store_true",
+                     help="pass --fs-no-reconall to fMRIPrep")
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                      help="do not run bids-validator on bids_dir")
 

@@ -18,6 +18,10 @@ class Config:
     output_dir: Path
     analysis_level: str
     fmriprep_dir: Path | None = None
+    preproc: str | None = None
+    fmriprep_image: str | None = None
+    fs_license_file: Path | None = None
+    fs_no_reconall: bool = False
     participant_label: list[str] = field(default_factory=list)
     session_label: list[str] = field(default_factory=list)
     task_id: str = "rest"
@@ -83,9 +87,11 @@ def is_fmriprep_dataset(path: Path) -> bool:
     return content.get("DatasetType") == "derivative" and any("fmriprep" in n for n in names)
 
 
-def resolve_fmriprep_dir(bids_dir: Path, given: Path | None) -> Path:
+def resolve_fmriprep_dir(bids_dir: Path, given: Path | None, participant_labels: list[str],
+                         task: str) -> Path | None:
     """Where to read preprocessed BOLD: the given folder, ``bids_dir/derivatives/fmriprep``,
-    or ``bids_dir`` itself when it is an fMRIPrep derivatives dataset."""
+    or ``bids_dir`` itself when it is an fMRIPrep derivatives dataset; None when there are no
+    derivatives but raw BOLD to preprocess."""
     if given is not None:
         if not given.is_dir():
             raise InputError(f"--fmriprep-dir {given} does not exist or is not a folder")
@@ -95,9 +101,14 @@ def resolve_fmriprep_dir(bids_dir: Path, given: Path | None) -> Path:
         return default
     if is_fmriprep_dataset(bids_dir):
         return bids_dir
+    from brainfm.preproc import find_raw_bold
+
+    if find_raw_bold(bids_dir, participant_labels or None, task):
+        return None
     raise InputError(
         f"no fMRIPrep derivatives found: neither {default} exists nor is {bids_dir} an fMRIPrep "
-        "derivatives dataset. Run fMRIPrep first, or point --fmriprep-dir at its output folder."
+        "derivatives dataset, and it holds no raw BOLD to preprocess. Point --fmriprep-dir at "
+        "fMRIPrep's output folder."
     )
 
 
@@ -144,8 +155,9 @@ def from_args(args: Any) -> Config:
     fmriprep_dir = None
     if args.analysis_level == "participant":
         given = Path(args.fmriprep_dir).absolute() if args.fmriprep_dir else None
-        fmriprep_dir = resolve_fmriprep_dir(bids_dir, given)
-        if _is_inside(output_dir, fmriprep_dir):
+        fmriprep_dir = resolve_fmriprep_dir(
+            bids_dir, given, _strip_prefix(args.participant_label, "sub-"), args.task_id)
+        if fmriprep_dir is not None and _is_inside(output_dir, fmriprep_dir):
             raise UsageError(
                 f"output_dir {output_dir} is inside the input derivatives {fmriprep_dir}; "
                 "choose an output folder outside it."
@@ -166,6 +178,10 @@ def from_args(args: Any) -> Config:
         output_dir=output_dir,
         analysis_level=args.analysis_level,
         fmriprep_dir=fmriprep_dir,
+        preproc=args.preproc,
+        fmriprep_image=args.fmriprep_image,
+        fs_license_file=Path(args.fs_license_file).absolute() if args.fs_license_file else None,
+        fs_no_reconall=args.fs_no_reconall,
         participant_label=_strip_prefix(args.participant_label, "sub-"),
         session_label=_strip_prefix(args.session_label, "ses-"),
         task_id=args.task_id,

@@ -83,6 +83,39 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
     return str(folder), atlas.label
 
 
+def preprocess_raw(config: Config) -> Path:
+    """Preprocess raw BOLD (no fMRIPrep derivatives given) with fMRIPrep or the minimal backend.
+
+    Returns
+    -------
+    Path
+        The fMRIPrep-style derivatives folder written under ``output_dir/sourcedata``.
+    """
+    from brainfm.preproc import fmriprep_available
+    from brainfm.workflows.preproc import minimal_output_dir, run_fmriprep, run_minimal_preproc
+
+    backend = config.preproc
+    if backend is None:
+        backend = "fmriprep" if fmriprep_available(config.fmriprep_image) else "minimal"
+        if backend == "minimal":
+            LOGGER.warning("No fMRIPrep found (fmriprep, fmriprep-docker, or --fmriprep-image "
+                           "with apptainer/singularity): using brainfm's minimal preprocessing, "
+                           "which is coarser than fMRIPrep (see docs/preprocessing.md)")
+    LOGGER.info("Preprocessing raw BOLD of %s with %s",
+                ", ".join(config.participant_label) or "all participants", backend)
+    if backend == "fmriprep":
+        return run_fmriprep(
+            config.bids_dir, config.output_dir, config.participant_label,
+            work_dir=config.work_dir, image=config.fmriprep_image, nprocs=config.nprocs,
+            omp_nthreads=config.omp_nthreads, fs_license_file=config.fs_license_file,
+            fs_no_reconall=config.fs_no_reconall, skip_bids_validation=True,
+            poll_sleep=config.poll_sleep)
+    return run_minimal_preproc(
+        config.bids_dir, minimal_output_dir(config.output_dir), config.participant_label,
+        config.task_id, config.work_dir, config.nprocs, config.omp_nthreads,
+        session_label=config.session_label or None, poll_sleep=config.poll_sleep)
+
+
 def workflow_settings(config: Config) -> dict:
     """The options the per-run nodes need, as a plain dict (recorded in the sidecars too)."""
     return {
@@ -159,6 +192,10 @@ def run_participant_level(config: Config) -> None:
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
     model_dir, model_atlas = prepare_model(config, [a.label for a in atlases])
+    _configure_nipype_logging(config.verbosity)
+    if config.fmriprep_dir is None:
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        config.fmriprep_dir = preprocess_raw(config)
     runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
                         config.task_id)
     n_runs = sum(len(r) for r in runs.values())
@@ -170,8 +207,6 @@ def run_participant_level(config: Config) -> None:
     copy_atlases(config.output_dir, atlases)
 
     from brainfm.workflows.base import init_brainfm_wf
-
-    _configure_nipype_logging(config.verbosity)
 
     config.work_dir.mkdir(parents=True, exist_ok=True)
     settings = workflow_settings(config)

@@ -223,12 +223,18 @@ def run_participant_level(config: Config) -> None:
         "remove_unnecessary_outputs": False,
         "poll_sleep_duration": config.poll_sleep,
     })
+    level = {0: "WARNING", 1: "INFO"}.get(config.verbosity, "DEBUG")
+    workflow.config["logging"] = {"workflow_level": level, "interface_level": level,
+                                  "utils_level": level}
     started = time.time()
     if config.plugin:
         plugin, plugin_args = config.plugin, dict(config.plugin_args)
     elif config.nprocs > 1:
         plugin = "MultiProc"
-        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False}
+        # forkserver: workers do not inherit the parent's thread pools (torch, BLAS), which
+        # can deadlock a forked child
+        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False,
+                       "mp_context": "forkserver"}
     else:
         plugin, plugin_args = "Linear", {}
     LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")

@@ -44,9 +44,10 @@ def test_output_inside_input_is_64(tmp_path, capsys, inside):
     assert not (bids / "derivatives").exists()
 
 
-def test_group_level_not_yet_implemented(tmp_path):
+def test_group_level_without_participant_outputs_is_66(tmp_path, capsys):
     (tmp_path / "bids").mkdir()
-    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "group"]) == 64
+    assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "group"]) == 66
+    assert "run the participant level first" in capsys.readouterr().err
 
 
 def test_bad_choice_is_usage_error(tmp_path):

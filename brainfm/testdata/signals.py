@@ -20,36 +20,16 @@ import pandas as pd
 from scipy.cluster.vq import kmeans2
 
 from brainfm.errors import InputError, UsageError
+from brainfm.importers.pcp import SITE_REPETITION_TIME
 
 ABIDE_ARCHIVE = "rois_cc200.tar.xz"
 ABIDE_FOLDER = "rois_cc200"
 ABIDE_PHENOTYPE = "Phenotypic_V1_0b_preprocessed1.csv"
 ABIDE_SUFFIX = "_rois_cc200.1D"
 
-#: Repetition time (s) of the ABIDE I sites, from the ABIDE acquisition tables. Used only to
-#: prefer subjects whose site's TR matches the requested one; recorded in the truth files.
-ABIDE_SITE_TR: dict[str, float] = {
-    "CALTECH": 2.0,
-    "CMU": 2.0,
-    "KKI": 2.5,
-    "LEUVEN_1": 1.656,
-    "LEUVEN_2": 1.656,
-    "MAX_MUN": 3.0,
-    "NYU": 2.0,
-    "OHSU": 2.5,
-    "OLIN": 1.5,
-    "PITT": 1.5,
-    "SBL": 2.2,
-    "SDSU": 2.0,
-    "STANFORD": 2.0,
-    "TRINITY": 2.0,
-    "UCLA_1": 3.0,
-    "UCLA_2": 3.0,
-    "UM_1": 2.0,
-    "UM_2": 2.0,
-    "USM": 2.0,
-    "YALE": 2.0,
-}
+#: Repetition time (s) of the ABIDE I sites (the importer's table). Used only to prefer subjects
+#: whose site's TR matches the requested one; recorded in the truth files.
+ABIDE_SITE_TR = SITE_REPETITION_TIME
 
 #: Neural signal band (Hz) of the synthetic ROI series.
 NEURAL_BAND = (0.01, 0.1)

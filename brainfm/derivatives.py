@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from brainfm import __version__
+from brainfm.errors import InputError
 
 #: Order of BIDS entities in derivative file names (BIDS specification, appendix "Entities").
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res",
@@ -118,6 +119,41 @@ def write_tsv_atomic(path: Path, table: pd.DataFrame, *, index: bool = False) ->
     """Write a table as BIDS TSV (``n/a`` for missing values) atomically."""
     text = table.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
     return write_text_atomic(path, text)
+
+
+#: Identifier columns kept as text when reading BIDS tables.
+ID_COLUMNS = ("participant_id", "session_id")
+
+
+def read_tsv(path: str | Path) -> pd.DataFrame:
+    """Read a BIDS TSV: ``n/a`` (and empty cells) are missing, ID columns stay text.
+
+    Parameters
+    ----------
+    path : path
+        The file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table; ``participant_id`` and ``session_id`` are strings (``'n/a'`` kept as is).
+
+    Raises
+    ------
+    InputError
+        The file cannot be read or parsed (the message names it).
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", na_values=["n/a", "", "NaN", "nan"],
+                            keep_default_na=False,
+                            dtype={c: str for c in ID_COLUMNS})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"cannot read {path}: {err}") from err
+    for col in ID_COLUMNS:
+        if col in table:
+            table[col] = table[col].fillna("n/a").astype(str).str.strip()
+    return table
 
 
 def copy_atomic(source: Path, destination: Path) -> Path:

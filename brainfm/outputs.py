@@ -19,6 +19,7 @@ from brainfm.derivatives import (
     build_name,
     copy_atomic,
     output_lock,
+    read_tsv,
     subject_func_dir,
     write_json_atomic,
     write_tsv_atomic,
@@ -31,10 +32,6 @@ def _source_uri(path: str | Path, root: str | Path, dataset: str = "preprocessed
     except ValueError:
         return str(path)
     return f"bids:{dataset}:{rel.as_posix()}"
-
-
-def _read_tsv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir: str | Path,
@@ -82,7 +79,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
 
     def put_tsv(src: Path, ents: dict, suffix: str, sidecar: dict, index: bool = False) -> None:
         target = func_dir / build_name(ents, suffix, ".tsv")
-        table = _read_tsv(src)
+        table = read_tsv(src)
         if index:
             table = table.set_index(table.columns[0])
         written.append(write_tsv_atomic(target, table, index=index))

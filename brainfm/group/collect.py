@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainfm.derivatives import ID_COLUMNS, read_tsv
 from brainfm.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -29,42 +30,11 @@ PREDICTION_GLOBS = ("sub-*/func/sub-*_desc-brainfm_predictions.tsv",
 EXPERT_GLOBS = ("sub-*/func/sub-*_desc-rwmoe_expertweights.tsv",
                 "sub-*/ses-*/func/sub-*_desc-rwmoe_expertweights.tsv")
 #: Columns of a prediction table that are not targets.
-ID_COLUMNS = ("participant_id", "session_id")
 QC_COLUMNS = ("n_runs", "retained_seconds")
 #: The value BIDS uses for a missing entry, and the session of datasets without sessions.
 NA = "n/a"
 
 _ATLAS_RE = re.compile(r"_atlas-([A-Za-z0-9]+)_")
-
-
-def read_bids_tsv(path: str | Path) -> pd.DataFrame:
-    """Read a BIDS TSV: ``n/a`` (and empty cells) are missing, ID columns stay text.
-
-    Parameters
-    ----------
-    path : path
-        The file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table; ``participant_id`` and ``session_id`` are strings (``'n/a'`` kept as is).
-
-    Raises
-    ------
-    InputError
-        The file cannot be read or parsed.
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, sep="\t", na_values=[NA, ""], keep_default_na=False,
-                            dtype={c: str for c in ID_COLUMNS})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(f"cannot read {path}: {err}") from err
-    for col in ID_COLUMNS:
-        if col in table:
-            table[col] = table[col].fillna(NA).astype(str).str.strip()
-    return table
 
 
 def _glob(root: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -141,7 +111,7 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
         )
     rows, targets, sidecars = [], [], []
     for path in files:
-        table = read_bids_tsv(path)
+        table = read_tsv(path)
         if table.empty:
             raise InputError(f"{path} has no rows; rerun the participant level for it")
         file_targets = prediction_targets(list(table.columns))
@@ -206,7 +176,7 @@ def read_run_qc(output_dir: str | Path) -> pd.DataFrame:
         no QC table exists.
     """
     paths = sorted(Path(output_dir).glob("sub-*/sub-*_desc-runs_qc.tsv"))
-    tables = [read_bids_tsv(p) for p in paths]
+    tables = [read_tsv(p) for p in paths]
     tables = [t for t in tables if not t.empty]
     if not tables:
         return pd.DataFrame(columns=["participant_id", "session_id", "run", "n_volumes",
@@ -289,7 +259,7 @@ def read_participants(path: str | Path, numeric_columns: list[str],
     path = Path(path)
     if not path.is_file():
         raise InputError(f"participants table {path} does not exist")
-    table = read_bids_tsv(path)
+    table = read_tsv(path)
     missing = [c for c in ("participant_id", *required) if c not in table]
     if missing:
         raise InputError(f"{path} has no column(s) {', '.join(missing)}")
@@ -485,7 +455,7 @@ def read_expert_weights(output_dir: str | Path) -> dict[str, ExpertWeights]:
         match = _ATLAS_RE.search(path.name)
         if not match:
             continue
-        table = read_bids_tsv(path)
+        table = read_tsv(path)
         experts = [c for c in table.columns if str(c).startswith("expert_")]
         if "Node" not in table or not experts:
             raise InputError(f"{path} must have a 'Node' column and 'expert_<k>' columns")
@@ -543,7 +513,7 @@ def find_atlas(output_dir: str | Path, atlas: str) -> tuple[Path, pd.DataFrame] 
     table_path = image.with_name(image.name.replace(".nii.gz", ".tsv"))
     if not table_path.is_file():
         return None
-    table = read_bids_tsv(table_path)
+    table = read_tsv(table_path)
     if not {"index", "name"} <= set(table.columns):
         return None
     return image, table

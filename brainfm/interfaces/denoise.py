@@ -16,21 +16,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.errors import InputError
+from brainfm.derivatives import read_tsv
 from brainfm.interfaces.parcellate import load_parcel_signals
 from brainfm.processing.connectivity import pearson_connectivity
 from brainfm.processing.denoise import denoise_roi_signals
 
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                   "framewise_displacement"]
-
-
-def read_confounds(confounds_file: str | Path) -> pd.DataFrame:
-    """Read an fMRIPrep confounds TSV (``n/a`` as missing), naming the file on failure."""
-    try:
-        return pd.read_csv(confounds_file, sep="\t", na_values=["n/a"])
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(f"cannot read confounds file {confounds_file} ({err})") from err
 
 
 def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: Path, *,
@@ -43,7 +35,7 @@ def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: P
     (retained time, exclusion reason, low-coverage ROIs). Excluded runs get no time series.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    confounds = read_confounds(confounds_file)
+    confounds = read_tsv(confounds_file)
     signals = load_parcel_signals(signals_file)
     labels = list(signals)
     # one denoising call for the ROIs of every atlas (same design matrix and censoring)

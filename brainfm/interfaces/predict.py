@@ -16,7 +16,13 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.derivatives import build_name, subject_func_dir, write_json_atomic, write_tsv_atomic
+from brainfm.derivatives import (
+    build_name,
+    read_tsv,
+    subject_func_dir,
+    write_json_atomic,
+    write_tsv_atomic,
+)
 from brainfm.errors import InputError
 
 
@@ -89,8 +95,7 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
             if info.get("excluded_reason"):
                 excluded.append({"Run": run_name, "Reason": info["excluded_reason"]})
                 continue
-            table = pd.read_csv(result_dir / f"atlas-{atlas_label}_timeseries.tsv", sep="\t",
-                                na_values=["n/a"], keep_default_na=False)
+            table = read_tsv(result_dir / f"atlas-{atlas_label}_timeseries.tsv")
             if list(table.columns) != list(card["roi_names"]):
                 raise InputError(
                     f"the {atlas_label} time series of {run_name} do not have the ROIs of the "

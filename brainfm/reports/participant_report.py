@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import build_name, write_text_atomic
+from brainfm.derivatives import build_name, read_tsv, write_text_atomic
 from brainfm.errors import InputError
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
@@ -54,10 +54,6 @@ def _subject_label(subject: str) -> str:
     if not label.isalnum():
         raise InputError(f"invalid participant label '{subject}'")
     return label
-
-
-def _read_tsv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -117,7 +113,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
 
     prefix = outliers_path.name[: -len("_outliers.tsv")]
     func_dir = outliers_path.parent
-    outliers = _read_tsv(outliers_path)
+    outliers = read_tsv(outliers_path)
     side = _read_json(outliers_path.with_suffix(".json"))
     series_files = sorted(func_dir.glob(f"{prefix}_space-*_stat-mean_timeseries.tsv"))
     series_side = _read_json(series_files[0].with_suffix(".json")) if series_files else {}
@@ -151,7 +147,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     for series_path in series_files:
         match = _ATLAS_RE.search(series_path.name)
         atlas = match.group(1) if match else "atlas"
-        series = _read_tsv(series_path)
+        series = read_tsv(series_path)
         columns = [str(c) for c in series.columns]
         raw_array = _signals_array(raw, columns, atlas) if raw is not None else None
         if raw_array is not None and raw_array.shape[0] != len(outliers):
@@ -170,7 +166,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
         relmat_path = Path(str(series_path).replace("_stat-mean_timeseries.tsv",
                                                     "_stat-pearsoncorrelation_relmat.tsv"))
         if relmat_path.is_file():
-            relmat = _read_tsv(relmat_path)
+            relmat = read_tsv(relmat_path)
             relmat = relmat.set_index(relmat.columns[0])
             atlas_info = _find_atlas_table(output_dir, atlas)
             networks = None
@@ -188,7 +184,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
 
 
 def _predictions_section(output_dir: Path, subject: str) -> Section | None:
-    from brainfm.group.collect import prediction_targets, read_bids_tsv
+    from brainfm.group.collect import prediction_targets
     from brainfm.reports import figures
 
     paths = sorted((output_dir / f"sub-{subject}").glob("**/func/*_desc-brainfm_predictions.tsv"))
@@ -196,7 +192,7 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         return None
     body = []
     for path in paths:
-        table = read_bids_tsv(path)
+        table = read_tsv(path)
         if table.empty:
             continue
         targets = prediction_targets(list(table.columns))
@@ -236,7 +232,7 @@ def _expert_map_html(output_dir: Path, weights_path: Path) -> str:
     atlas_info = _find_atlas_table(output_dir, atlas)
     if atlas_info is None:
         return ""
-    table = _read_tsv(weights_path)
+    table = read_tsv(weights_path)
     weights = table.set_index(table["Node"].astype(str))[
         [c for c in table.columns if str(c).startswith("expert_")]]
     try:
@@ -277,7 +273,6 @@ def participant_report(output_dir: str | Path, subject: str,
     InputError
         The participant has no outputs in ``output_dir``.
     """
-    from brainfm.group.collect import read_bids_tsv
 
     output_dir = Path(output_dir)
     label = _subject_label(subject)
@@ -288,7 +283,7 @@ def participant_report(output_dir: str | Path, subject: str,
         raise InputError(f"no outputs for sub-{label} in {output_dir}: run the participant "
                          "level for it first")
     qc_path = sub_dir / f"sub-{label}_desc-runs_qc.tsv"
-    qc = read_bids_tsv(qc_path) if qc_path.is_file() else pd.DataFrame()
+    qc = read_tsv(qc_path) if qc_path.is_file() else pd.DataFrame()
     qc_rows: dict[str, dict[str, Any]] = {}
     for record in qc.to_dict("records"):
         ses = record.get("session_id", "n/a")

@@ -208,6 +208,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return flat
 
 
+def load_options(path: Path) -> Any:
+    """Training options from a YAML or TOML file (the keys of ``--config``).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    TrainOptions
+        Options; keys the file does not set keep their defaults.
+
+    Raises
+    ------
+    UsageError
+        Unknown keys, bad values or an unreadable file.
+    """
+    return _options(read_config_file(Path(path)))
+
+
 def _options(values: dict[str, Any]) -> Any:
     from brainfm.models.train import TrainOptions
 

@@ -664,8 +664,28 @@ def pretrain(
     }
 
 
-def _session_predictions(model: BrainFM, card: dict[str, Any], sessions: Sequence[SessionData],
-                         stride: int | None, device: torch.device) -> np.ndarray:
+def predict_sessions(model: BrainFM, card: dict[str, Any], sessions: Sequence[SessionData],
+                     stride: int | None, device: torch.device) -> np.ndarray:
+    """Predict every session with a trained model (window averages, as at the participant level).
+
+    Parameters
+    ----------
+    model : BrainFM
+        Trained model.
+    card : dict
+        Model card or :func:`prediction_card` (targets, window, sampling rate).
+    sessions : sequence of SessionData
+        Sessions to predict.
+    stride : int or None
+        Sliding-window step (default: the card's).
+    device : torch.device
+        Where to run.
+
+    Returns
+    -------
+    ndarray of shape (n_sessions, 2 K)
+        The K target means (raw units), then their K window spreads.
+    """
     names = [t["name"] for t in card["targets"]]
     rows = []
     for s in sessions:
@@ -744,7 +764,8 @@ def finetune(
         Target standardisation fitted on the training subjects.
     info : dict
         ``metrics`` (inner validation: per target MAE, r, R², n; best_epoch), ``history``,
-        ``n_subjects``, ``seconds``.
+        ``n_subjects``, ``seconds``, and the inner-validation ``val_participant_ids`` with
+        their ``val_predictions`` (raw units, one column per target).
 
     Raises
     ------
@@ -779,18 +800,21 @@ def finetune(
               opts.epochs, label)
     metrics: dict[str, Any] = {"best_epoch": res.best_epoch, "n_val_subjects":
                                len({sessions[i].participant_id for i in va})}
+    val_pred = np.empty((0, len(names)))
     if va.size:
-        card = _card_targets_only(scaler, specs, cfg, opts)
-        pred = _session_predictions(model, card, [sessions[i] for i in va], opts.stride,
-                                    ctx.device)
+        card = prediction_card(scaler, specs, cfg, opts)
+        val_pred = predict_sessions(model, card, [sessions[i] for i in va], opts.stride,
+                                    ctx.device)[:, :len(names)]
         for k, name in enumerate(names):
-            m = regression_metrics(y_raw[va, k], pred[:, k])
+            m = regression_metrics(y_raw[va, k], val_pred[:, k])
             m["mae_training_mean"] = regression_metrics(
                 y_raw[va, k], np.full(va.size, scaler.mean[k]))["mae"]
             metrics[name] = m
     return model, scaler, {
         "metrics": metrics, "history": res.history, "seconds": res.seconds,
         "n_subjects": len({sessions[i].participant_id for i in tr}),
+        "val_participant_ids": [sessions[i].participant_id for i in va],
+        "val_predictions": val_pred,
     }
 
 
@@ -823,8 +847,26 @@ def load_encoder(model: BrainFM, source: BrainFM) -> None:
     model.load_state_dict(own)
 
 
-def _card_targets_only(scaler: TargetScaler, specs: Sequence[TargetSpec], cfg: BrainFMConfig,
-                       opts: TrainOptions) -> dict[str, Any]:
+def prediction_card(scaler: TargetScaler, specs: Sequence[TargetSpec], cfg: BrainFMConfig,
+                    opts: TrainOptions) -> dict[str, Any]:
+    """The part of a model card that prediction needs (targets and their scaling, window).
+
+    Parameters
+    ----------
+    scaler : TargetScaler
+        Target standardisation of the training subjects.
+    specs : sequence of TargetSpec
+        Targets, in output order.
+    cfg : BrainFMConfig
+        Model configuration.
+    opts : TrainOptions
+        Options (sampling rate, prediction stride).
+
+    Returns
+    -------
+    dict
+        ``window``, ``sampling_rate_hz``, ``targets``, ``prediction``.
+    """
     return {
         "window": _window(cfg),
         "sampling_rate_hz": opts.sampling_rate_hz,
@@ -1006,7 +1048,7 @@ def run_finetune(
     if not ctx.is_main:
         return None
     card = _base_card("finetune", sessions, deriv_dirs, opts, model.config)
-    card.update(_card_targets_only(scaler, specs, model.config, opts))
+    card.update(prediction_card(scaler, specs, model.config, opts))
     card["training"].update({
         "n_subjects": info["n_subjects"], "epochs": opts.epochs,
         "epochs_run": len(info["history"]), "seed": opts.seed,
@@ -1025,8 +1067,33 @@ def run_finetune(
     return Path(path)
 
 
-def _folds(subjects: np.ndarray, groups: np.ndarray, n_folds: int, protocol: str, seed: int
-           ) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(subjects: np.ndarray, groups: np.ndarray, n_folds: int, protocol: str, seed: int
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outer cross-validation folds over subjects.
+
+    Parameters
+    ----------
+    subjects : ndarray of str
+        One entry per subject.
+    groups : ndarray of str
+        Group (site) of each subject.
+    n_folds : int
+        K of ``stratified-kfold`` (ignored by ``leave-group-out``).
+    protocol : {"stratified-kfold", "leave-group-out"}
+        K folds stratified by group, or one test fold per group.
+    seed : int
+        Shuffling seed of the K-fold.
+
+    Returns
+    -------
+    list of (train, test)
+        Index arrays into ``subjects``.
+
+    Raises
+    ------
+    UsageError
+        Unknown protocol, fewer than two groups for leave-group-out, or an impossible K.
+    """
     from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
     if protocol == "leave-group-out":
@@ -1109,7 +1176,7 @@ def run_cv(
     else:
         col = frame[group_col].to_dict()
         groups = np.array([str(col.get(p, "n/a")) for p in subjects], dtype=object)
-    folds = _folds(subjects, groups, n_folds, protocol, opts.seed)
+    folds = make_folds(subjects, groups, n_folds, protocol, opts.seed)
     names = [s.name for s in specs]
     pretrain_epochs = opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs)
     rows: list[dict[str, Any]] = []
@@ -1128,8 +1195,8 @@ def run_cv(
                               label=f"fold {f} pretrain")
         model, scaler, _info = finetune([sessions[i] for i in tr], y[tr], specs, opts, ctx,
                                         init=pre, label=f"fold {f} finetune")
-        card = _card_targets_only(scaler, specs, model.config, opts)
-        pred = _session_predictions(model, card, [sessions[i] for i in te], opts.stride,
+        card = prediction_card(scaler, specs, model.config, opts)
+        pred = predict_sessions(model, card, [sessions[i] for i in te], opts.stride,
                                     ctx.device)
         per_target: dict[str, Any] = {}
         for k, name in enumerate(names):

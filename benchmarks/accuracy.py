@@ -1,0 +1,656 @@
+#!/usr/bin/env python
+"""Accuracy of brainfm against classic connectome baselines on ABIDE I (PCP, CC200).
+
+One command evaluates, on the same folds, for age and PIQ (the fluid-intelligence proxy):
+
+- baselines: the training-mean predictor; ridge and kernel ridge regression (correlation
+  kernel) on Fisher-z connectivity, penalties chosen by an inner 5-fold on the training subjects;
+- brainfm: the full model (LMAE pretraining with local masking, RWMoE, SSM) and its ablations:
+  no pretraining, random instead of local masking, an MLP instead of the RWMoE, mean pooling
+  instead of the SSM;
+
+under two protocols: site-stratified 5-fold cross-validation and leave-one-site-out. In every
+fold, pretraining, target scaling, penalties, early stopping and the brain-age bias correction
+see the training subjects only. It writes ``accuracy.md`` (tables, command, machine, date, git
+commit) and ``accuracy.json`` (every fold's numbers) into ``--out``.
+
+Usage (from the repository root, after ``scripts/setup_env.sh``)::
+
+    python benchmarks/accuracy.py ../shared/data/abide-pcp-cc200 --jobs 2
+
+The imported time series are cached in ``--cache`` and every finished training in
+``--work-dir``, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import copy
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainfm.importers.pcp import import_pcp
+from brainfm.models import train as T
+from brainfm.models.baselines import (
+    BASELINE_KERNELS,
+    connectivity_features,
+    correct_age_bias,
+    fit_age_bias,
+    nested_kernel_ridge,
+    subject_kernel,
+)
+from brainfm.models.cli import load_options
+from brainfm.models.data import SessionData, TargetSpec, load_participants, target_matrix
+
+LOGGER = logging.getLogger("accuracy")
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = HERE / "configs" / "brainfm.yaml"
+
+#: Targets: model name, participants.tsv column of the imported PCP data, label in the report.
+TARGETS = (TargetSpec("age", "age"), TargetSpec("fluid_intelligence", "piq"))
+TARGET_LABELS = {"age": "age", "fluid_intelligence": "PIQ"}
+PROTOCOLS = {"kfold": "stratified-kfold", "loso": "leave-group-out"}
+PROTOCOL_TITLES = {"kfold": "Site-stratified 5-fold CV", "loso": "Leave-one-site-out"}
+
+#: brainfm variants: which pretraining they start from and their model overrides.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {"pretrain": "local", "model": {}},
+    "no-pretrain": {"pretrain": None, "model": {}},
+    "random-mask": {"pretrain": "random", "model": {}},
+    "mlp": {"pretrain": "local", "model": {"use_rwmoe": False}},
+    "meanpool": {"pretrain": "local", "model": {"use_ssm": False}},
+}
+VARIANT_TITLES = {
+    "full": "brainfm (LMAE + RWMoE + SSM)",
+    "no-pretrain": "brainfm, no pretraining",
+    "random-mask": "brainfm, random masking",
+    "mlp": "brainfm, MLP instead of RWMoE",
+    "meanpool": "brainfm, mean pooling instead of SSM",
+}
+BASELINE_TITLES = {"mean": "training mean", "ridge": "ridge (Fisher-z edges)",
+                   "krr": "kernel ridge (correlation kernel)"}
+
+
+# --------------------------------------------------------------------------------------------
+# Cohort
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cohort:
+    """Loaded sessions with their targets and sites (one session per subject)."""
+
+    sessions: list[SessionData]
+    targets: np.ndarray  # (n, K) raw values, NaN = missing
+    sites: np.ndarray  # (n,) str
+
+    @property
+    def subjects(self) -> np.ndarray:
+        """Participant labels, one per session."""
+        return np.array([s.participant_id for s in self.sessions], dtype=object)
+
+
+def prepare_cache(data: Path, cache: Path) -> Path:
+    """Import the PCP time series into brainfm derivatives once (atomically) and reuse them.
+
+    Parameters
+    ----------
+    data : Path
+        Folder with ``rois_cc200.tar.xz`` (or ``rois_cc200/``) and the phenotype CSV.
+    cache : Path
+        Derivatives folder to create or reuse.
+
+    Returns
+    -------
+    Path
+        The derivatives folder.
+    """
+    if (cache / "participants.tsv").is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    LOGGER.info("importing %s into %s (once)", data, cache)
+    import_pcp(data, tmp / "abide", overwrite=True)
+    os.replace(tmp / "abide", cache)
+    tmp.rmdir()
+    return cache
+
+
+def load_cohort(deriv: Path, opts: T.TrainOptions) -> Cohort:
+    """Sessions, targets and sites of the imported cohort.
+
+    Parameters
+    ----------
+    deriv : Path
+        Imported derivatives (with ``participants.tsv``).
+    opts : TrainOptions
+        Atlas and sampling rate.
+
+    Returns
+    -------
+    Cohort
+        The cohort.
+    """
+    sessions = T.load_cohort([deriv], opts)
+    frame = load_participants(deriv / "participants.tsv")
+    pids = [s.participant_id for s in sessions]
+    y = target_matrix(frame, pids, list(TARGETS), str(deriv / "participants.tsv"))
+    sites = np.array([str(frame.loc[p, "site"]) for p in pids], dtype=object)
+    return Cohort(sessions=sessions, targets=y, sites=sites)
+
+
+def outer_folds(cohort: Cohort, protocol: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Outer folds of a protocol (``kfold`` or ``loso``) as session index arrays."""
+    return T.make_folds(cohort.subjects, cohort.sites, 5, PROTOCOLS[protocol], seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------------------------
+
+
+def run_baselines(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]], seed: int
+                  ) -> dict[str, list[dict[str, Any]]]:
+    """Training mean, ridge and kernel ridge on every fold.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The cohort.
+    folds : list of (train, test)
+        Outer folds.
+    seed : int
+        Seed of the inner splits.
+
+    Returns
+    -------
+    dict
+        Per baseline, one record per fold (see :func:`fold_record`).
+    """
+    features = connectivity_features([s.conn for s in cohort.sessions])
+    kernels = {kind: subject_kernel(features, kind) for kind in BASELINE_KERNELS}
+    out: dict[str, list[dict[str, Any]]] = {"mean": [], **{k: [] for k in BASELINE_KERNELS}}
+    for f, (train, test) in enumerate(folds, start=1):
+        preds = {name: np.full((test.size, len(TARGETS)), np.nan) for name in out}
+        bias_fit: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for k, spec in enumerate(TARGETS):
+            y = cohort.targets[:, k]
+            tr = train[np.isfinite(y[train])]
+            preds["mean"][:, k] = y[tr].mean()
+            for kind in BASELINE_KERNELS:
+                test_pred, oof, _alpha = nested_kernel_ridge(kernels[kind], y, tr, test,
+                                                             seed=seed + f)
+                preds[kind][:, k] = test_pred
+                if spec.name == "age":
+                    bias_fit[kind] = (y[tr], oof)
+        for name in out:
+            out[name].append(fold_record(cohort, f, train, test, preds[name], bias_fit.get(name)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# brainfm trainings (run in worker processes)
+# --------------------------------------------------------------------------------------------
+
+_COHORT: Cohort | None = None
+
+
+def _init_worker(deriv: str, opts: dict[str, Any], threads: int) -> None:
+    import torch
+
+    global _COHORT
+    torch.set_num_threads(max(1, threads))
+    logging.basicConfig(level=logging.WARNING)
+    _COHORT = load_cohort(Path(deriv), _options(opts))
+
+
+def _options(values: dict[str, Any]) -> T.TrainOptions:
+    return T.TrainOptions(**copy.deepcopy(values))
+
+
+def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, Any]:
+    """Pretrain once on a fold's training subjects, fine-tune each variant, predict the test.
+
+    Parameters
+    ----------
+    task : dict
+        ``train``/``test`` (session indices), ``pretrain`` (``local``, ``random`` or None),
+        ``variants``, ``options`` (TrainOptions as a dict) and ``pretrain_epochs``.
+    cohort : Cohort, optional
+        The cohort (default: the one loaded by the worker process).
+
+    Returns
+    -------
+    dict
+        Per variant: test predictions, inner-validation participants and predictions (for the
+        bias correction), best epoch and seconds; plus the pretraining seconds.
+    """
+    cohort = cohort if cohort is not None else _COHORT
+    if cohort is None:
+        raise RuntimeError("no cohort loaded in this process")
+    t0 = time.perf_counter()
+    train, test = np.asarray(task["train"]), np.asarray(task["test"])
+    sessions = [cohort.sessions[i] for i in train]
+    y_train = cohort.targets[train]
+    base = _options(task["options"])
+    ctx = T.setup(base)
+    init = None
+    result: dict[str, Any] = {"pretrain_seconds": 0.0, "variants": {}}
+    if task["pretrain"] is not None:
+        pre_opts = _options(task["options"])
+        pre_opts.model = {**pre_opts.model, "masking": task["pretrain"]}
+        init, info = T.pretrain(sessions, pre_opts, ctx, epochs=task["pretrain_epochs"],
+                                label=f"{task['name']} pretrain")
+        result["pretrain_seconds"] = round(info["seconds"], 1)
+    for variant in task["variants"]:
+        opts = _options(task["options"])
+        opts.model = {**opts.model, **VARIANTS[variant]["model"]}
+        model, scaler, info = T.finetune(sessions, y_train, list(TARGETS), opts, ctx, init=init,
+                                         label=f"{task['name']} {variant}")
+        card = T.prediction_card(scaler, list(TARGETS), model.config, opts)
+        pred = T.predict_sessions(model, card, [cohort.sessions[i] for i in test], opts.stride,
+                                  ctx.device)[:, :len(TARGETS)]
+        result["variants"][variant] = {
+            "test_pred": pred.tolist(),
+            "val_participant_ids": info["val_participant_ids"],
+            "val_pred": np.asarray(info["val_predictions"]).tolist(),
+            "best_epoch": info["metrics"]["best_epoch"],
+            "seconds": round(info["seconds"], 1),
+        }
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[str, list[str]],
+               opts: T.TrainOptions, pretrain_epochs: int) -> list[dict[str, Any]]:
+    """One task per (protocol, fold, pretraining): the variants sharing that pretraining.
+
+    Parameters
+    ----------
+    folds_by_protocol : dict
+        Outer folds per protocol.
+    variants_by_protocol : dict
+        brainfm variants to run per protocol.
+    opts : TrainOptions
+        Training options of every variant.
+    pretrain_epochs : int
+        LMAE pretraining epochs.
+
+    Returns
+    -------
+    list of dict
+        Tasks for :func:`train_fold`, each with a ``key`` naming its cached result.
+    """
+    tasks = []
+    options = opts.to_dict()
+    for protocol, folds in folds_by_protocol.items():
+        groups: dict[str | None, list[str]] = {}
+        for v in variants_by_protocol.get(protocol, []):
+            groups.setdefault(VARIANTS[v]["pretrain"], []).append(v)
+        for f, (train, test) in enumerate(folds, start=1):
+            for kind, variants in groups.items():
+                task = {"name": f"{protocol} fold {f}", "protocol": protocol, "fold": f,
+                        "train": train.tolist(), "test": test.tolist(), "pretrain": kind,
+                        "variants": variants, "options": options,
+                        "pretrain_epochs": pretrain_epochs if kind else 0}
+                digest = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
+                task["key"] = f"{protocol}-{f:02d}-{kind or 'none'}-{digest[:12]}"
+                tasks.append(task)
+    # longest first: pretraining plus the most fine-tunings
+    tasks.sort(key=lambda t: (bool(t["pretrain"]) + len(t["variants"]), len(t["train"])),
+               reverse=True)
+    return tasks
+
+
+def run_tasks(tasks: list[dict[str, Any]], deriv: Path, opts: T.TrainOptions, jobs: int,
+              threads: int, work_dir: Path) -> dict[str, dict[str, Any]]:
+    """Run (or reuse from ``work_dir``) every task, ``jobs`` at a time.
+
+    Parameters
+    ----------
+    tasks : list of dict
+        From :func:`plan_tasks`.
+    deriv : Path
+        Imported derivatives (each worker loads them once).
+    opts : TrainOptions
+        Options (atlas and sampling rate for loading).
+    jobs : int
+        Worker processes.
+    threads : int
+        Torch threads per worker.
+    work_dir : Path
+        Cache of finished tasks (one JSON each).
+
+    Returns
+    -------
+    dict
+        Task key to result.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        path = work_dir / f"{task['key']}.json"
+        if path.is_file():
+            results[task["key"]] = json.loads(path.read_text())
+        else:
+            todo.append(task)
+    LOGGER.info("%d trainings cached, %d to run with %d job(s) x %d thread(s)",
+                len(results), len(todo), jobs, threads)
+    if not todo:
+        return results
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("forkserver")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                initargs=(str(deriv), opts.to_dict(), threads)) as pool:
+        futures = {pool.submit(train_fold, task): task for task in todo}
+        for n, fut in enumerate(cf.as_completed(futures), start=1):
+            task = futures[fut]
+            res = fut.result()
+            tmp = work_dir / f".{task['key']}.json.tmp"
+            tmp.write_text(json.dumps(res))
+            os.replace(tmp, work_dir / f"{task['key']}.json")
+            results[task["key"]] = res
+            LOGGER.info("[%d/%d] %s (%s pretraining; %s) done in %.0f s; %.0f s elapsed",
+                        n, len(todo), task["name"], task["pretrain"] or "no",
+                        ", ".join(task["variants"]), res["seconds"], time.perf_counter() - t0)
+    return results
+
+
+def brainfm_records(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]],
+                    tasks: list[dict[str, Any]], results: dict[str, dict[str, Any]],
+                    protocol: str) -> dict[str, list[dict[str, Any]]]:
+    """Fold records of every brainfm variant of one protocol."""
+    index = {p: i for i, p in enumerate(cohort.subjects)}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for task in tasks:
+        if task["protocol"] != protocol:
+            continue
+        f = task["fold"]
+        train, test = folds[f - 1]
+        for variant, res in results[task["key"]]["variants"].items():
+            val_idx = np.array([index[p] for p in res["val_participant_ids"]], dtype=int)
+            val_pred = np.asarray(res["val_pred"], dtype=np.float64).reshape(val_idx.size, -1)
+            bias = (cohort.targets[val_idx, 0], val_pred[:, 0]) if val_idx.size > 2 else None
+            rec = fold_record(cohort, f, train, test, np.asarray(res["test_pred"]), bias)
+            rec.update(best_epoch=res["best_epoch"], seconds=res["seconds"])
+            out.setdefault(variant, []).append(rec)
+    for recs in out.values():
+        recs.sort(key=lambda r: r["fold"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and report
+# --------------------------------------------------------------------------------------------
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return None
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def fold_record(cohort: Cohort, fold: int, train: np.ndarray, test: np.ndarray,
+                pred: np.ndarray, age_bias_data: tuple[np.ndarray, np.ndarray] | None
+                ) -> dict[str, Any]:
+    """Metrics of one model on one fold.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The cohort.
+    fold : int
+        Fold number.
+    train, test : ndarray of int
+        Session indices.
+    pred : ndarray of shape (len(test), K)
+        Test predictions.
+    age_bias_data : (age, predicted) or None
+        Held-out predictions of training subjects (inner out-of-fold or inner validation) to fit
+        the brain-age bias on; None skips the correction.
+
+    Returns
+    -------
+    dict
+        ``fold``, ``n_train``, ``n_test``, ``test_sites``, per target MAE, r, R² and n, the
+        brain-age-gap correlations with age before and after bias correction, and the test
+        predictions (``participant_id``, values per target).
+    """
+    rec: dict[str, Any] = {"fold": fold, "n_train": int(train.size), "n_test": int(test.size),
+                           "test_sites": sorted(set(cohort.sites[test].tolist()))}
+    for k, spec in enumerate(TARGETS):
+        rec[spec.name] = T.regression_metrics(cohort.targets[test, k], pred[:, k])
+    age = cohort.targets[test, 0]
+    rec["age_gap_r"] = _corr(pred[:, 0] - age, age)
+    rec["age_gap_r_corrected"] = None
+    if age_bias_data is not None:
+        slope, intercept = fit_age_bias(*age_bias_data)
+        corrected = correct_age_bias(pred[:, 0], slope, intercept)
+        rec["age_gap_r_corrected"] = _corr(corrected - age, age)
+        rec["age_bias"] = {"slope": slope, "intercept": intercept}
+    rec["predictions"] = {"participant_id": cohort.subjects[test].tolist(),
+                          **{s.name: pred[:, k].tolist() for k, s in enumerate(TARGETS)}}
+    return rec
+
+
+def summarise(cohort: Cohort, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± SD across folds, and metrics of all test predictions pooled."""
+    out: dict[str, Any] = {}
+    for k, spec in enumerate(TARGETS):
+        entry: dict[str, Any] = {}
+        for metric in ("mae", "r", "r2"):
+            vals = np.array([np.nan if r[spec.name][metric] is None else r[spec.name][metric]
+                             for r in records], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            entry[metric] = {"mean": float(vals.mean()) if vals.size else None,
+                             "sd": float(vals.std(ddof=1)) if vals.size > 1 else None}
+        index = {p: i for i, p in enumerate(cohort.subjects)}
+        idx = np.array([index[p] for r in records for p in r["predictions"]["participant_id"]])
+        pred = np.array([v for r in records for v in r["predictions"][spec.name]])
+        entry["pooled"] = T.regression_metrics(cohort.targets[idx, k], pred)
+        out[spec.name] = entry
+    for key in ("age_gap_r", "age_gap_r_corrected"):
+        vals = np.array([np.nan if r[key] is None else r[key] for r in records], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        out[key] = {"mean": float(vals.mean()) if vals.size else None,
+                    "sd": float(vals.std(ddof=1)) if vals.size > 1 else None}
+    return out
+
+
+def _fmt(entry: dict[str, Any], digits: int = 2) -> str:
+    if entry.get("mean") is None:
+        return "–"
+    sd = entry.get("sd")
+    return f"{entry['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else \
+        f"{entry['mean']:.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable result page (``accuracy.md``)."""
+    meta = report["meta"]
+    lines = [
+        "# brainfm accuracy on ABIDE I (PCP, CC200)", "",
+        f"- Command: `{meta['command']}`",
+        f"- Date: {meta['date']}; git commit `{meta['git_commit']}`; brainfm "
+        f"{meta['brainfm_version']}, torch {meta['torch_version']}",
+        f"- Machine: {meta['machine']}; {meta['jobs']} job(s) × {meta['threads']} thread(s); "
+        f"wall time {meta['wall_seconds'] / 60:.1f} min",
+        f"- Cohort: {meta['n_subjects']} subjects, {meta['n_sites']} sites; PIQ known for "
+        f"{meta['n_piq']}. brainfm configuration: `{meta['config']}` "
+        f"({meta['pretrain_epochs']} pretraining epochs, up to {meta['options']['epochs']} "
+        "fine-tuning epochs with early stopping on an inner validation split).",
+        "",
+        "Values are mean ± SD across folds (Pearson r and R² per fold; LOSO folds are single "
+        "sites, some small, so their per-fold r is noisy: the pooled column pools every test "
+        "prediction).", "",
+    ]
+    for protocol, block in report["protocols"].items():
+        lines += [f"## {PROTOCOL_TITLES[protocol]} ({block['n_folds']} folds)", "",
+                  "| model | age MAE (y) | age r | age R² | PIQ MAE | PIQ r | PIQ R² "
+                  "| pooled age MAE / r | pooled PIQ MAE / r |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, summary in block["summary"].items():
+            a, q = summary["age"], summary["fluid_intelligence"]
+            lines.append(
+                f"| {block['titles'][name]} | {_fmt(a['mae'])} | {_fmt(a['r'])} | "
+                f"{_fmt(a['r2'])} | {_fmt(q['mae'])} | {_fmt(q['r'])} | {_fmt(q['r2'])} | "
+                f"{a['pooled']['mae']:.2f} / {a['pooled']['r']:.2f} | "
+                f"{q['pooled']['mae']:.2f} / {q['pooled']['r']:.2f} |")
+        vs = block.get("full_vs_krr_age_mae")
+        if vs is not None:
+            lines += ["", f"brainfm full vs kernel ridge, age MAE: {vs:+.1f} % "
+                      f"({'lower' if vs < 0 else 'higher'} is {'better' if vs < 0 else 'worse'})."]
+        lines += ["", "Brain-age gap (predicted − true age) correlation with age, before and "
+                  "after a linear bias correction fitted on held-out predictions of the training "
+                  "subjects:", "", "| model | r(gap, age) | corrected |", "|---|---|---|"]
+        for name, summary in block["summary"].items():
+            if name == "mean":
+                continue
+            lines.append(f"| {block['titles'][name]} | {_fmt(summary['age_gap_r'])} | "
+                         f"{_fmt(summary['age_gap_r_corrected'])} |")
+        lines.append("")
+    lines += ["Per-fold numbers and every test prediction: `accuracy.json`.", ""]
+    return "\n".join(lines)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=HERE, text=True, capture_output=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU(s) ({cpu})"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's argument parser."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="ABIDE PCP folder (rois_cc200.tar.xz or rois_cc200/, "
+                   "and Phenotypic_V1_0b_preprocessed1.csv)")
+    p.add_argument("--out", type=Path, default=HERE / "results",
+                   help="where accuracy.md and accuracy.json go (default: benchmarks/results)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="brainfm training options, YAML (default: benchmarks/configs/brainfm.yaml)")
+    p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="brainfm variants in 5-fold CV (default: all)")
+    p.add_argument("--loso-variants", nargs="*", choices=list(VARIANTS), default=["full"],
+                   help="brainfm variants in leave-site-out (default: full; each adds 17 "
+                   "trainings)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="LMAE epochs per fold (default: the config's pretrain_epochs)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run in parallel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and inner splits")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "brainfm" /
+                   "abide-pcp-cc200", help="imported derivatives (made once)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="finished trainings, for resuming (default: CACHE-runs)")
+    p.add_argument("--baselines-only", action="store_true", help="skip brainfm")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    t0 = time.perf_counter()
+    opts = load_options(args.config)
+    opts.seed = args.seed
+    opts.threads = args.threads
+    pretrain_epochs = args.pretrain_epochs if args.pretrain_epochs is not None else (
+        opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs))
+    deriv = prepare_cache(args.data, args.cache)
+    cohort = load_cohort(deriv, opts)
+    folds = {p: outer_folds(cohort, p, args.seed) for p in args.protocols}
+    variants = {"kfold": [] if args.baselines_only else args.variants,
+                "loso": [] if args.baselines_only else args.loso_variants}
+    tasks = plan_tasks(folds, variants, opts, pretrain_epochs)
+    results = run_tasks(tasks, deriv, opts, args.jobs, args.threads,
+                        args.work_dir or args.cache.with_name(args.cache.name + "-runs"))
+    report: dict[str, Any] = {"protocols": {}}
+    for protocol, pf in folds.items():
+        records = run_baselines(cohort, pf, args.seed)
+        records.update(brainfm_records(cohort, pf, tasks, results, protocol))
+        titles = {**BASELINE_TITLES, **VARIANT_TITLES}
+        block: dict[str, Any] = {
+            "protocol": PROTOCOLS[protocol], "n_folds": len(pf), "titles": titles,
+            "summary": {name: summarise(cohort, recs) for name, recs in records.items()},
+            "folds": records,
+        }
+        if "full" in block["summary"]:
+            full = block["summary"]["full"]["age"]["mae"]["mean"]
+            krr = block["summary"]["krr"]["age"]["mae"]["mean"]
+            block["full_vs_krr_age_mae"] = 100.0 * (full - krr) / krr
+        report["protocols"][protocol] = block
+    import torch
+
+    from brainfm import __version__
+
+    report["meta"] = {
+        "command": "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (
+            argv if argv is not None else sys.argv[1:])),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": _git_commit(), "brainfm_version": __version__,
+        "torch_version": torch.__version__, "machine": _machine(), "jobs": args.jobs,
+        "threads": args.threads, "wall_seconds": time.perf_counter() - t0,
+        "n_subjects": len(cohort.sessions), "n_sites": len(set(cohort.sites.tolist())),
+        "n_piq": int(np.isfinite(cohort.targets[:, 1]).sum()),
+        "config": os.path.relpath(args.config, HERE.parent), "options": opts.to_dict(),
+        "pretrain_epochs": pretrain_epochs,
+    }
+    _write_atomic(args.out / "accuracy.json", json.dumps(report, indent=1))
+    _write_atomic(args.out / "accuracy.md", render_markdown(report))
+    LOGGER.info("wrote %s", args.out / "accuracy.md")
+    print(render_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

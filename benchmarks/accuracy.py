@@ -75,6 +75,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random-mask": {"pretrain": "random", "model": {}},
     "mlp": {"pretrain": "local", "model": {"use_rwmoe": False}},
     "meanpool": {"pretrain": "local", "model": {"use_ssm": False}},
+    # not an ablation: the full model fine-tuned from 3 seeds (same pretrained encoder), test
+    # predictions averaged; it runs as its own task, so adding it reuses the other trainings
+    "ensemble": {"pretrain": "local", "model": {}, "members": 3, "own_task": True},
 }
 VARIANT_TITLES = {
     "full": "brainfm (LMAE + RWMoE + SSM)",
@@ -82,6 +85,7 @@ VARIANT_TITLES = {
     "random-mask": "brainfm, random masking",
     "mlp": "brainfm, MLP instead of RWMoE",
     "meanpool": "brainfm, mean pooling instead of SSM",
+    "ensemble": "brainfm, mean of 3 fine-tuning seeds",
 }
 BASELINE_TITLES = {"mean": "training mean", "ridge": "ridge (Fisher-z edges)",
                    "krr": "kernel ridge (correlation kernel)"}
@@ -259,19 +263,25 @@ def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, 
                                 label=f"{task['name']} pretrain")
         result["pretrain_seconds"] = round(info["seconds"], 1)
     for variant in task["variants"]:
-        opts = _options(task["options"])
-        opts.model = {**opts.model, **VARIANTS[variant]["model"]}
-        model, scaler, info = T.finetune(sessions, y_train, list(TARGETS), opts, ctx, init=init,
-                                         label=f"{task['name']} {variant}")
-        card = T.prediction_card(scaler, list(TARGETS), model.config, opts)
-        pred = T.predict_sessions(model, card, [cohort.sessions[i] for i in test], opts.stride,
-                                  ctx.device)[:, :len(TARGETS)]
+        members = []
+        for member in range(VARIANTS[variant].get("members", 1)):
+            opts = _options(task["options"])
+            opts.model = {**opts.model, **VARIANTS[variant]["model"]}
+            opts.seed += member
+            model, scaler, info = T.finetune(sessions, y_train, list(TARGETS), opts, ctx,
+                                             init=init, label=f"{task['name']} {variant}")
+            card = T.prediction_card(scaler, list(TARGETS), model.config, opts)
+            pred = T.predict_sessions(model, card, [cohort.sessions[i] for i in test],
+                                      opts.stride, ctx.device)[:, :len(TARGETS)]
+            members.append((pred, info))
+        info = members[0][1]
+        single = len(members) == 1  # members have different inner splits: no bias fit
         result["variants"][variant] = {
-            "test_pred": pred.tolist(),
-            "val_participant_ids": info["val_participant_ids"],
-            "val_pred": np.asarray(info["val_predictions"]).tolist(),
+            "test_pred": np.mean([m[0] for m in members], axis=0).tolist(),
+            "val_participant_ids": info["val_participant_ids"] if single else [],
+            "val_pred": np.asarray(info["val_predictions"]).tolist() if single else [],
             "best_epoch": info["metrics"]["best_epoch"],
-            "seconds": round(info["seconds"], 1),
+            "seconds": round(sum(m[1]["seconds"] for m in members), 1),
         }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
@@ -300,17 +310,19 @@ def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[st
     tasks = []
     options = opts.to_dict()
     for protocol, folds in folds_by_protocol.items():
-        groups: dict[str | None, list[str]] = {}
+        groups: dict[tuple[str | None, str], list[str]] = {}
         for v in variants_by_protocol.get(protocol, []):
-            groups.setdefault(VARIANTS[v]["pretrain"], []).append(v)
+            own = v if VARIANTS[v].get("own_task") else ""
+            groups.setdefault((VARIANTS[v]["pretrain"], own), []).append(v)
         for f, (train, test) in enumerate(folds, start=1):
-            for kind, variants in groups.items():
+            for (kind, own), variants in groups.items():
                 task = {"name": f"{protocol} fold {f}", "protocol": protocol, "fold": f,
                         "train": train.tolist(), "test": test.tolist(), "pretrain": kind,
                         "variants": variants, "options": options,
                         "pretrain_epochs": pretrain_epochs if kind else 0}
                 digest = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
-                task["key"] = f"{protocol}-{f:02d}-{kind or 'none'}-{digest[:12]}"
+                task["key"] = f"{protocol}-{f:02d}-{kind or 'none'}{own and '-' + own}-" \
+                    f"{digest[:12]}"
                 tasks.append(task)
     # longest first: pretraining plus the most fine-tunings
     tasks.sort(key=lambda t: (bool(t["pretrain"]) + len(t["variants"]), len(t["train"])),
@@ -386,8 +398,10 @@ def brainfm_records(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]],
         train, test = folds[f - 1]
         for variant, res in results[task["key"]]["variants"].items():
             val_idx = np.array([index[p] for p in res["val_participant_ids"]], dtype=int)
-            val_pred = np.asarray(res["val_pred"], dtype=np.float64).reshape(val_idx.size, -1)
-            bias = (cohort.targets[val_idx, 0], val_pred[:, 0]) if val_idx.size > 2 else None
+            bias = None
+            if val_idx.size > 2:
+                val_pred = np.asarray(res["val_pred"], dtype=np.float64)
+                bias = (cohort.targets[val_idx, 0], val_pred[:, 0])
             rec = fold_record(cohort, f, train, test, np.asarray(res["test_pred"]), bias)
             rec.update(best_epoch=res["best_epoch"], seconds=res["seconds"])
             out.setdefault(variant, []).append(rec)
@@ -492,7 +506,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Date: {meta['date']}; git commit `{meta['git_commit']}`; brainfm "
         f"{meta['brainfm_version']}, torch {meta['torch_version']}",
         f"- Machine: {meta['machine']}; {meta['jobs']} job(s) × {meta['threads']} thread(s); "
-        f"wall time {meta['wall_seconds'] / 60:.1f} min",
+        f"wall time {meta['wall_seconds'] / 60:.1f} min"
+        + (f" ({meta['n_trainings_cached']} of {meta['n_trainings']} fold trainings reused from "
+           "an earlier run of the same command and configuration, see `--work-dir`)"
+           if meta.get("n_trainings_cached") else ""),
         f"- Cohort: {meta['n_subjects']} subjects, {meta['n_sites']} sites; PIQ known for "
         f"{meta['n_piq']}. brainfm configuration: `{meta['config']}` "
         f"({meta['pretrain_epochs']} pretraining epochs, up to {meta['options']['epochs']} "
@@ -601,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     t0 = time.perf_counter()
+    commit = _git_commit()  # the code that runs, not the code at the end of a long run
     opts = load_options(args.config)
     opts.seed = args.seed
     opts.threads = args.threads
@@ -612,8 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"kfold": [] if args.baselines_only else args.variants,
                 "loso": [] if args.baselines_only else args.loso_variants}
     tasks = plan_tasks(folds, variants, opts, pretrain_epochs)
-    results = run_tasks(tasks, deriv, opts, args.jobs, args.threads,
-                        args.work_dir or args.cache.with_name(args.cache.name + "-runs"))
+    work_dir = args.work_dir or args.cache.with_name(args.cache.name + "-runs")
+    n_cached = sum((work_dir / f"{t['key']}.json").is_file() for t in tasks)
+    results = run_tasks(tasks, deriv, opts, args.jobs, args.threads, work_dir)
     report: dict[str, Any] = {"protocols": {}}
     for protocol, pf in folds.items():
         records = run_baselines(cohort, pf, args.seed)
@@ -637,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (
             argv if argv is not None else sys.argv[1:])),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git_commit": _git_commit(), "brainfm_version": __version__,
+        "git_commit": commit, "brainfm_version": __version__,
+        "n_trainings": len(tasks), "n_trainings_cached": n_cached,
         "torch_version": torch.__version__, "machine": _machine(), "jobs": args.jobs,
         "threads": args.threads, "wall_seconds": time.perf_counter() - t0,
         "n_subjects": len(cohort.sessions), "n_sites": len(set(cohort.sites.tolist())),

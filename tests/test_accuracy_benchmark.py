@@ -152,6 +152,10 @@ def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
     folds = {"kfold": acc.outer_folds(cohort, "kfold", seed=0)[:1]}
     tasks = acc.plan_tasks(folds, {"kfold": ["full", "mlp"]}, opts, pretrain_epochs=1)
     assert len(tasks) == 1 and tasks[0]["variants"] == ["full", "mlp"]
+    # the seed ensemble is a task of its own: adding it leaves the other tasks' keys alone
+    with_ensemble = acc.plan_tasks(folds, {"kfold": ["full", "mlp", "ensemble"]}, opts, 1)
+    assert sorted(t["variants"] for t in with_ensemble) == [["ensemble"], ["full", "mlp"]]
+    assert tasks[0]["key"] in {t["key"] for t in with_ensemble}
     train, test = folds["kfold"][0]
     result = acc.train_fold(tasks[0], cohort)
     test_ids = set(cohort.subjects[test].tolist())

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                    "accuracy run); the weights stay as they are")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    commit = _git_commit()
     opts = load_options(args.config)
     opts.threads = args.threads
     deriv = prepare_cache(args.data, args.cache)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "# Default model: rebuild and determinism check", "",
             f"- Command: `{command}`",
             f"- Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; git commit "
-            f"`{_git_commit()}`", f"- Machine: {_machine()}; torch threads {args.threads}",
+            f"`{commit}`", f"- Machine: {_machine()}; torch threads {args.threads}",
             f"- Configuration: `{os.path.relpath(args.config, REPO)}`", "",
             "| run | wall time (s) | weights SHA-256 |", "|---|---|---|",
             *[f"| {i} | {r['seconds']:.0f} | `{r['weights_sha256']}` |"

@@ -186,3 +186,14 @@ def test_count_non_steady_state():
     assert count_non_steady_state(table) == 3
     assert count_non_steady_state(table.drop(columns=[c for c in table.columns
                                                       if "non_steady" in c])) == 0
+
+
+def test_strategy_matches_what_a_model_was_trained_on():
+    from brainfm.processing.confounds import strategy_matches
+
+    # brainfm's pcp strategy reproduces the processing of imported ABIDE PCP data
+    assert strategy_matches("pcp-cpac-filt_global", "pcp")
+    assert strategy_matches("36P", "36p")
+    assert not strategy_matches("pcp-cpac-filt_global", "24P")
+    assert not strategy_matches("pcp", "36P")
+    assert not strategy_matches("pcp-cpac-filt_global", "no-such-strategy")

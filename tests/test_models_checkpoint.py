@@ -82,6 +82,13 @@ def test_round_trip(saved):
     torch.testing.assert_close(a.logvar, b.logvar, rtol=0, atol=0)
 
 
+def test_checkpoint_files_are_readable_by_others(saved):
+    """A model on a shared cluster is read by other users (and by a container's user)."""
+    _, out = saved
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        assert (out / name).stat().st_mode & 0o777 == 0o644
+
+
 def test_loading_never_unpickles(saved, monkeypatch):
     _, out = saved
 

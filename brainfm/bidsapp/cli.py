@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="runs with less retained time (s) after censoring are excluded")
 
     mod = parser.add_argument_group("prediction")
-    mod.add_argument("--model", default="default", metavar="DIR",
+    mod.add_argument("--model", default=None, metavar="DIR",
                      help="model folder from brainfm-train, 'default' for the packaged model, "
-                          "or 'none' to skip predictions")
+                          "or 'none' to skip predictions (default: the packaged model when the "
+                          "run's atlases and denoising suit it; otherwise a warning and no "
+                          "predictions)")
     mod.add_argument("--allow-model-mismatch", action="store_true",
                      help="predict even when the denoising strategy differs from the model's "
                           "(a warning instead of an error)")

@@ -45,6 +45,7 @@ class Config:
     bias_correction: str = "none"
     reference_ages: Path | None = None
     model: str = "default"
+    model_explicit: bool = False
     allow_model_mismatch: bool = False
     device: str = "cpu"
     plugin: str | None = None
@@ -204,7 +205,8 @@ def from_args(args: Any) -> Config:
         poll_sleep=args.poll_sleep,
         bias_correction=args.bias_correction,
         reference_ages=Path(args.reference_ages).absolute() if args.reference_ages else None,
-        model=args.model,
+        model=args.model or "default",
+        model_explicit=args.model is not None,
         allow_model_mismatch=args.allow_model_mismatch,
         device=args.device,
         plugin=plugin,

@@ -37,42 +37,52 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
     -------
     model_dir, atlas_label : str or None
         The model folder and the BIDS label of its atlas, or ``(None, None)`` when predictions
-        are skipped (``--model none``, or no default model installed).
+        are skipped: ``--model none``; or no ``--model`` given and the packaged model is missing
+        or does not suit the run (its atlas is not among ``--atlases``, or its denoising differs
+        and ``--allow-model-mismatch`` is not given), with a warning saying so.
 
     Raises
     ------
     CheckpointError
         An explicit ``--model`` that is missing or incomplete (exit 66).
     UsageError
-        The model's atlas is not among ``--atlases``, or its denoising strategy differs and
-        ``--allow-model-mismatch`` is not given (exit 64).
+        An explicit ``--model`` whose atlas is not among ``--atlases``, or whose denoising
+        strategy differs and ``--allow-model-mismatch`` is not given (exit 64).
     """
     if config.model.lower() == "none":
         return None, None
     from brainfm.atlases import get_atlas
     from brainfm.models.checkpoint import CheckpointError, load_checkpoint, resolve_model_dir
+    from brainfm.processing.confounds import strategy_matches
 
     try:
         folder = resolve_model_dir(config.model)
     except CheckpointError as err:
-        if config.model != "default":
+        if config.model_explicit:
             raise
         LOGGER.warning("%s. Predictions are skipped: pass --model with a model folder.", err)
         return None, None
     _, card = load_checkpoint(folder)  # every check (files, hash, config) before any work
     atlas = get_atlas(str(card.get("atlas")))
+    problem = None
     if atlas.label not in atlas_labels:
-        raise UsageError(
-            f"the model {folder} was trained on atlas {atlas.name} but the run is parcellated "
-            f"with {', '.join(atlas_labels)}; add {atlas.name} to --atlases (or --model none)")
+        problem = (f"the model {folder} was trained on atlas {atlas.name} but the run is "
+                   f"parcellated with {', '.join(atlas_labels)}; add {atlas.name} to --atlases")
     strategy = card.get("denoising_strategy")
-    if strategy and strategy != config.nuisance_regressors:
+    if problem is None and strategy and not strategy_matches(strategy,
+                                                             config.nuisance_regressors):
         message = (f"the model {folder} was trained on data denoised with '{strategy}' but "
                    f"--nuisance-regressors is '{config.nuisance_regressors}'")
-        if not config.allow_model_mismatch:
-            raise UsageError(message + "; use the model's strategy, or pass "
-                             "--allow-model-mismatch to predict anyway")
-        LOGGER.warning("%s (--allow-model-mismatch: predicting anyway)", message)
+        if config.allow_model_mismatch:
+            LOGGER.warning("%s (--allow-model-mismatch: predicting anyway)", message)
+        else:
+            problem = (message + "; use the model's strategy, or pass --allow-model-mismatch "
+                       "to predict anyway")
+    if problem is not None:
+        if config.model_explicit:
+            raise UsageError(problem + " (or --model none)")
+        LOGGER.warning("Predictions are skipped: %s, with --model default.", problem)
+        return None, None
     if config.device == "cuda":
         import torch
 

@@ -108,6 +108,7 @@ class Strategy:
     detrend_order: int
     high_pass: float | None
     low_pass: float | None
+    emulates: tuple[str, ...] = ()
 
 
 def _strategy_files() -> dict[str, str]:
@@ -140,6 +141,7 @@ def _parse_strategy(stem: str, text: str) -> Strategy:
         detrend_order=int(spec["detrend_order"]),
         high_pass=_as_cutoff(spec.get("high_pass")),
         low_pass=_as_cutoff(spec.get("low_pass")),
+        emulates=tuple(str(e) for e in spec.get("emulates") or ()),
     )
     problems = []
     if strategy.name != stem:
@@ -200,6 +202,33 @@ def get_strategy(name: str) -> Strategy:
             f"unknown denoising strategy {name!r}; choose from {', '.join(list_strategies())}"
         )
     return table[key]
+
+
+def strategy_matches(trained_on: str, run_strategy: str) -> bool:
+    """Whether runs denoised with ``run_strategy`` suit a model trained on ``trained_on`` data.
+
+    Parameters
+    ----------
+    trained_on : str
+        The model card's ``denoising_strategy`` (a brainfm strategy, or the processing of
+        imported data such as ``pcp-cpac-filt_global``).
+    run_strategy : str
+        The run's ``--nuisance-regressors``.
+
+    Returns
+    -------
+    bool
+        True for the same strategy, or one that the run's strategy emulates (its ``emulates``
+        list: ``pcp`` reproduces ABIDE PCP's ``pcp-cpac-filt_global``).
+    """
+    trained, run = str(trained_on).strip().lower(), str(run_strategy).strip().lower()
+    if trained == run:
+        return True
+    try:
+        emulated = get_strategy(run_strategy).emulates
+    except UsageError:
+        return False
+    return trained in {e.lower() for e in emulated}
 
 
 def band_pass(strategy: str, lower_bpf: float | None = None,

@@ -60,7 +60,7 @@ TERMS = (
 PREPROCESSING = {
     "atlas": "CC200 (Craddock et al. 2012, 200 parcels; the exact 3 mm image PCP used)",
     "space": "MNI152NLin6Asym (FSL MNI152)",
-    "denoising_strategy": "pcp",
+    "nuisance_regressors": "pcp",
     "description": (
         "PCP/C-PAC 'filt_global': 24 motion regressors, 5 aCompCor components (WM+CSF), global "
         "signal, linear and quadratic trends, 0.01-0.1 Hz band-pass; ROI means. brainfm's "
@@ -129,7 +129,7 @@ def finish_card(model_dir: Path, out: Path, cohort_info: dict[str, Any],
     card["intended_use"] = (
         "Research estimates of brain age and performance IQ (a fluid-intelligence proxy) from "
         "resting-state fMRI parcellated with CC200 and denoised with the 'pcp' strategy. Not a "
-        "clinical tool. Trained on ages 6.5-64 (mostly children and young adults; autism and "
+        "clinical tool. Trained on ages 7-64 (mostly children and young adults; autism and "
         "controls): predictions outside that range, or from other preprocessing, are unreliable."
     )
     card["training"]["cohort"] = cohort_info
@@ -143,6 +143,7 @@ def finish_card(model_dir: Path, out: Path, cohort_info: dict[str, Any],
         card["metrics"]["cross_validation"] = cv
     tmp = Path(tempfile.mkdtemp(prefix=".default.", dir=out.parent))
     save_checkpoint(tmp, model, card)
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the package folder must be readable by everyone
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

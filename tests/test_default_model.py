@@ -1,0 +1,91 @@
+"""The shipped default model: complete card, loads from the installed package, predicts offline."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from brainfm.bidsapp.cli import main
+from brainfm.derivatives import read_tsv
+from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir, sha256_file
+from brainfm.processing.confounds import strategy_matches
+from brainfm.testdata import make_dataset
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open an internet connection in this process fails the test."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"network access attempted: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: guarded(
+        socket.socket(), a[0] if a else None))
+
+
+def test_default_model_card_states_data_metrics_and_terms() -> None:
+    folder = resolve_model_dir("default")
+    assert Path(__file__).resolve().parents[1] / "brainfm" in folder.parents or \
+        "site-packages" in str(folder)
+    _, card = load_checkpoint(folder)
+    assert sha256_file(folder / "model.safetensors") == card["weights_sha256"]
+    assert card["atlas"] == "CC200" and card["n_rois"] == 200
+    # trained on PCP's own processing, which brainfm's `pcp` strategy reproduces
+    assert card["denoising_strategy"] == "pcp-cpac-filt_global"
+    assert card["preprocessing"]["nuisance_regressors"] == "pcp"
+    assert strategy_matches(card["denoising_strategy"], "pcp")
+    assert [t["name"] for t in card["targets"]] == ["age", "fluid_intelligence"]
+    cohort = card["training"]["cohort"]
+    assert cohort["n_subjects"] == 782 and cohort["n_sites"] == 17
+    assert "CC BY-NC-SA" in card["license"] and "non-commercial" in card["terms"]
+    cv = card["metrics"]["cross_validation"]
+    for protocol in ("stratified-kfold", "leave-group-out"):
+        for model in ("full", "krr"):
+            age = cv[protocol][model]["age"]
+            assert 0 < age["mae"]["mean"] < 10 and age["mae"]["sd"] is not None
+
+
+@pytest.mark.slow
+def test_default_model_predicts_demo_data_offline(tmp_path, no_network, abide_dir_or_none) -> None:
+    """``brainfm … participant`` with no --model uses the packaged model, in one process, with
+    every internet connection refused."""
+    dataset = make_dataset(tmp_path / "demo", n_subjects=1, n_volumes=150, seed=2,
+                           abide_dir=abide_dir_or_none)
+    out = tmp_path / "out"
+    code = main([str(dataset.bids_dir), str(out), "participant", "--skip-bids-validation",
+                 "-w", str(tmp_path / "work"), "--nprocs", "1"])
+    assert code == 0
+    (tsv,) = out.glob("sub-01/**/sub-01_desc-brainfm_predictions.tsv")
+    pred = read_tsv(tsv)
+    assert len(pred) == 1
+    row = pred.iloc[0]
+    assert 3 < row["age"] < 80 and 40 < row["fluid_intelligence"] < 160
+    assert row["age_std"] >= 0
+    meta = json.loads(tsv.with_suffix(".json").read_text())
+    _, card = load_checkpoint(resolve_model_dir("default"))
+    assert meta["ModelSHA256"] == card["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_default_model_is_skipped_not_forced_when_the_run_does_not_suit_it(tmp_path, caplog):
+    """Another strategy with no --model: time series, no predictions, a warning saying why;
+    the same with an explicit --model default is a usage error (exit 64) before any work."""
+    dataset = make_dataset(tmp_path / "ds", n_subjects=1, n_volumes=150, seed=4)
+    common = [str(dataset.bids_dir), "participant", "--skip-bids-validation", "--nprocs", "1",
+              "--nuisance-regressors", "24P"]
+    explicit = tmp_path / "explicit"
+    assert main([common[0], str(explicit), *common[1:], "-w", str(tmp_path / "w1"),
+                 "--model", "default"]) == 64
+    assert not explicit.exists() or not any(explicit.rglob("*.tsv"))
+    implicit = tmp_path / "implicit"
+    assert main([common[0], str(implicit), *common[1:], "-w", str(tmp_path / "w2")]) == 0
+    assert any(implicit.rglob("*_stat-mean_timeseries.tsv"))
+    assert not any(implicit.rglob("*_desc-brainfm_predictions.tsv"))
+    assert "Predictions are skipped" in caplog.text and "24P" in caplog.text

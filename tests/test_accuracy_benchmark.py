@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from benchmark_scripts import load_benchmark
 from sklearn.linear_model import Ridge
 
 from brainfm.models import train as T
@@ -28,16 +28,7 @@ from brainfm.models.data import session_from_arrays
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark",
-                                                  ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-acc = _load_benchmark()
+acc = load_benchmark("accuracy")
 
 TINY = {"epochs": 1, "pretrain_epochs": 1, "batch_size": 4, "val_fraction": 0.25, "threads": 1,
         "model": {"window": 16, "patch_len": 4, "d_model": 8, "enc_dim": 8, "n_experts": 2,

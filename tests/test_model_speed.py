@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("model_speed_benchmark",
-                                                  ROOT / "benchmarks" / "model_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_model_speed_tiny_run(tmp_path: Path) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark("model_speed")
     out_json, out_md = tmp_path / "speed.json", tmp_path / "speed.md"
     rc = bench.main(["--lengths", "16", "32", "--repeats", "1", "--batch", "2",
                      "--scaling-batch", "2", "--rois", "50", "--volumes", "60", "--threads", "1",

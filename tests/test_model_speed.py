@@ -8,7 +8,6 @@ from pathlib import Path
 from benchmark_scripts import load_benchmark
 
 
-
 def test_model_speed_tiny_run(tmp_path: Path) -> None:
     bench = load_benchmark("model_speed")
     out_json, out_md = tmp_path / "speed.json", tmp_path / "speed.md"

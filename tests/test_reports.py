@@ -190,3 +190,16 @@ def test_templates_are_package_data():
         'add "brainfm.reports" = ["templates/*.html"] to [tool.setuptools.package-data] in '
         "pyproject.toml"
     )
+
+
+def test_carpet_of_a_run_with_an_empty_roi_warns_nothing():
+    """ROIs below --min-coverage are all-NaN columns: the carpet is drawn without warnings."""
+    import warnings
+
+    from brainfm.reports.figures import plot_roi_carpet
+
+    data = np.random.default_rng(0).normal(size=(50, 10))
+    data[:, 3] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert plot_roi_carpet(data, 2.0)

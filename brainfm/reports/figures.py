@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -393,7 +394,9 @@ def plot_roi_carpet(data: Any, repetition_time: float, title: str = "",
         Base64 PNG, or ``None`` when ``ax`` was given.
     """
     values = np.asarray(data, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # ROIs with no data (below --min-coverage) are all-NaN columns: no warning for them
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(values, axis=0)
         std = np.nanstd(values, axis=0)
         z = (values - mean) / np.where(std > 0, std, np.nan)

@@ -119,6 +119,8 @@ def test_run_shorter_than_minimum_is_excluded_with_reason(dataset, tmp_path):
     assert list(qc["status"]) == ["excluded"]
     assert "600" in qc["reason"][0]
     assert not list((out / "sub-01" / "func").glob("*_stat-mean_timeseries.tsv"))
+    # the default model has nothing to predict from: the report says so instead of a figure
+    assert "No prediction: no run of this session passed QC" in (out / "sub-01.html").read_text()
 
 
 def test_unknown_atlas(dataset, tmp_path, capsys):

@@ -204,10 +204,14 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         body.append(f"<h3>{esc(title)}</h3>")
         shown = pd.DataFrame({"target": targets, "predicted": values, "std": stds})
         body.append(html_table(shown, text_columns=["target"]))
-        if targets:
-            body.append(figures.img_tag(figures.plot_prediction_intervals(targets, values,
-                                                                          stds),
-                                        f"{title}: predictions"))
+        finite = [k for k, v in enumerate(values) if np.isfinite(v)]
+        if finite:
+            body.append(figures.img_tag(figures.plot_prediction_intervals(
+                [targets[k] for k in finite], [values[k] for k in finite],
+                [stds[k] for k in finite]), f"{title}: predictions"))
+        elif targets:
+            body.append("<p class=\"note\">No prediction: no run of this session passed "
+                        "QC (see the summary).</p>")
         extra = {k: row[k] for k in ("n_runs", "retained_seconds") if k in row}
         if extra:
             body.append(f"<p class=\"note\">From {format_value(extra.get('n_runs'))} run(s), "

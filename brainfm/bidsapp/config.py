@@ -45,7 +45,7 @@ class Config:
     bias_correction: str = "none"
     reference_ages: Path | None = None
     model: str = "default"
-    model_explicit: bool = False  # --model was given (else the packaged model, skipped if unsuitable)
+    model_explicit: bool = False  # --model given (else: packaged model, skipped if unsuitable)
     allow_model_mismatch: bool = False
     device: str = "cpu"
     plugin: str | None = None

@@ -6,6 +6,10 @@ raise the most specific subclass with a message that names the offending file an
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import NoReturn
+
 
 class BrainfmError(Exception):
     """Base class for errors that brainfm reports to the user without a traceback."""
@@ -41,3 +45,15 @@ class ProcessingError(BrainfmError):
     """A processing step failed (exit 1)."""
 
     exit_code = 1
+
+
+class UsageArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser whose usage errors exit with 64 (the BIDS-App convention), not 2.
+
+    Every brainfm command line uses it (``brainfm``, ``brainfm-train``, ``brainfm-import``,
+    ``brainfm-make-testdata``), also for subcommands (``parser_class=``).
+    """
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.print_usage(sys.stderr)
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")

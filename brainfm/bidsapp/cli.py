@@ -12,7 +12,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from brainfm import __version__  # noqa: E402
-from brainfm.errors import BrainfmError  # noqa: E402
+from brainfm.errors import BrainfmError, UsageArgumentParser  # noqa: E402
 
 LOGGER = logging.getLogger("brainfm")
 
@@ -24,17 +24,9 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "off") else float(text)
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that exits with 64 (EX_USAGE) on usage errors, as BIDS Apps do."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(64, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, following the BIDS Apps conventions."""
-    parser = _Parser(
+    parser = UsageArgumentParser(
         prog="brainfm",
         description="brainfm: brain age and fluid intelligence from resting-state fMRI. "
                     "Participant level: fMRIPrep derivatives -> denoised ROI time series and "

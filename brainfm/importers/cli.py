@@ -9,18 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brainfm import __version__
-from brainfm.errors import BrainfmError, UsageError
+from brainfm.errors import BrainfmError, UsageArgumentParser
 from brainfm.importers.pcp import import_pcp, parse_tr_overrides
 
 PROG = "brainfm-import"
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors exit with 64 (BIDS-App convention), not 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         Parser with one subcommand per importer.
     """
-    parser = _Parser(
+    parser = UsageArgumentParser(
         prog=PROG, description="Convert public datasets into brainfm ROI time-series derivatives."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
     pcp = sub.add_parser(
         "pcp",
         help="ABIDE I Preprocessed Connectomes Project ROI time series",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from brainfm import __version__
-from brainfm.errors import BrainfmError, UsageError
+from brainfm.errors import BrainfmError, UsageArgumentParser, UsageError
 from brainfm.models.model import BrainFMConfig
 
 PROG = "brainfm-train"
@@ -44,14 +44,6 @@ for _f in dataclasses.fields(BrainFMConfig):
         _MODEL_KEYS[_f.name] = {"int": int, "float": float, "bool": bool}.get(str(_f.type), str)
 #: Command-specific keys a config file may hold.
 _OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors exit with 64 (BIDS-App convention), not 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
 
 
 def _bool(text: str) -> bool:
@@ -111,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         Parser with the pretrain, finetune, cv and predict subcommands.
     """
-    parser = _Parser(prog=PROG, description="Train and apply brainfm models.")
+    parser = UsageArgumentParser(prog=PROG, description="Train and apply brainfm models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
     pre = sub.add_parser("pretrain", help="LMAE masked-reconstruction pretraining (no labels)")
     _add_common(pre)
     fin = sub.add_parser("finetune", help="supervised training of the targets")

@@ -8,20 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from brainfm import __version__
-from brainfm.errors import BrainfmError, UsageError
+from brainfm.errors import BrainfmError, UsageArgumentParser
 
 ENV_ABIDE_DIR = "BRAINFM_ABIDE_DIR"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that exits with the BIDS-App usage code (64) on errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The parser of ``brainfm-make-testdata``.
     """
-    p = _Parser(
+    p = UsageArgumentParser(
         prog="brainfm-make-testdata",
         description=(
             "Write a small synthetic resting-state dataset: a raw BIDS skeleton, "

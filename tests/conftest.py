@@ -1,4 +1,4 @@
-"""Shared fixtures: the location of the real data beside the repository."""
+"""Shared fixtures: the location of the real data beside the repository, torch threads."""
 
 from __future__ import annotations
 
@@ -26,3 +26,14 @@ def abide_dir() -> Path:
 def abide_dir_or_none() -> Path | None:
     """The ABIDE folder when present (real signals), else None (synthetic signals)."""
     return ABIDE_DIR if (ABIDE_DIR / "rois_cc200.tar.xz").exists() else None
+
+
+@pytest.fixture()
+def single_torch_thread():
+    """One torch intra-op thread for the test (restored after it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

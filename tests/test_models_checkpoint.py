@@ -19,14 +19,8 @@ from brainfm.models.checkpoint import (
 )
 from brainfm.models.model import BrainFM, BrainFMConfig
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 ROIS = [f"CC200_{i:03d}" for i in range(1, 13)]

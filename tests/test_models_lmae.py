@@ -14,14 +14,8 @@ from brainfm.models.lmae import (
     random_token_mask,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _runs(row: torch.Tensor) -> list[int]:

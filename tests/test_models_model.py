@@ -16,14 +16,8 @@ from brainfm.models.model import (
     gaussian_nll,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 CONTRACT = dict(n_rois=200, window=64, patch_len=4, d_model=64, n_experts=4, rw_steps=3,

@@ -16,14 +16,8 @@ from brainfm.models.rwmoe import (
     random_walk_matrix,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _conn(b: int, n: int, seed: int = 0) -> torch.Tensor:

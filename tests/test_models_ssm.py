@@ -17,13 +17,8 @@ from brainfm.models.ssm import (
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread avoids OpenMP stalls on a shared, busy machine
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _inputs(b: int, d: int, n: int, length: int, dtype: torch.dtype, seed: int = 0,

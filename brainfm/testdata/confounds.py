@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from brainfm.preproc.confounds import expand
 from brainfm.testdata.motion import MOTION_COLUMNS, framewise_displacement, relative_rms
 
 N_ACOMPCOR = 6
@@ -128,17 +129,6 @@ def compcor(data: np.ndarray, highpass: np.ndarray, n_components: int) -> tuple[
     }
 
 
-def _expand(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The column, its first derivative, square and squared derivative (fMRIPrep names)."""
-    d = np.concatenate([[np.nan], np.diff(x)])
-    return {
-        name: x,
-        f"{name}_derivative1": d,
-        f"{name}_power2": x**2,
-        f"{name}_derivative1_power2": d**2,
-    }
-
-
 def build_confounds(
     brain: np.ndarray,
     wm: np.ndarray,
@@ -170,9 +160,9 @@ def build_confounds(
     """
     n = motion.shape[0]
     cols: dict[str, np.ndarray] = {}
-    cols.update(_expand("global_signal", brain.mean(axis=0, dtype=np.float64)))
-    cols.update(_expand("csf", csf.mean(axis=0, dtype=np.float64)))
-    cols.update(_expand("white_matter", wm.mean(axis=0, dtype=np.float64)))
+    cols.update(expand("global_signal", brain.mean(axis=0, dtype=np.float64)))
+    cols.update(expand("csf", csf.mean(axis=0, dtype=np.float64)))
+    cols.update(expand("white_matter", wm.mean(axis=0, dtype=np.float64)))
     dv, std_dv = dvars(brain)
     cols["std_dvars"] = std_dv
     cols["dvars"] = dv
@@ -200,7 +190,7 @@ def build_confounds(
     for i in range(cosines.shape[1]):
         cols[f"cosine{i:02d}"] = cosines[:, i]
     for j, name in enumerate(MOTION_COLUMNS):
-        cols.update(_expand(name, motion[:, j]))
+        cols.update(expand(name, motion[:, j]))
     return pd.DataFrame(cols), meta
 
 

@@ -45,13 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
 from brainfm.importers.pcp import import_pcp
 from brainfm.models import train as T
 from brainfm.models.baselines import (
     BASELINE_KERNELS,
     connectivity_features,
-    correct_age_bias,
-    fit_age_bias,
     nested_kernel_ridge,
     subject_kernel,
 )
@@ -456,10 +455,18 @@ def fold_record(cohort: Cohort, fold: int, train: np.ndarray, test: np.ndarray,
     rec["age_gap_r"] = _corr(pred[:, 0] - age, age)
     rec["age_gap_r_corrected"] = None
     if age_bias_data is not None:
-        slope, intercept = fit_age_bias(*age_bias_data)
-        corrected = correct_age_bias(pred[:, 0], slope, intercept)
-        rec["age_gap_r_corrected"] = _corr(corrected - age, age)
-        rec["age_bias"] = {"slope": slope, "intercept": intercept}
+        # the group level's linear correction (Cole et al. 2018), fitted on held-out training
+        # subjects only
+        bias_age, bias_pred = age_bias_data
+        try:
+            coefficients = fit_bias_correction(bias_pred, bias_age, "linear")
+        except ValueError as err:  # too few subjects, or predictions flat in age
+            rec["age_bias"] = {"error": str(err)}
+        else:
+            _, gap = apply_bias_correction(pred[:, 0], age, coefficients)
+            rec["age_gap_r_corrected"] = _corr(gap, age)
+            rec["age_bias"] = {"slope": coefficients["slope"],
+                               "intercept": coefficients["intercept"]}
     rec["predictions"] = {"participant_id": cohort.subjects[test].tolist(),
                           **{s.name: pred[:, k].tolist() for k, s in enumerate(TARGETS)}}
     return rec

@@ -12,7 +12,7 @@ Both baselines are kernel ridge regressions with an unpenalised intercept:
 
 A kernel entry depends only on the two subjects it pairs, so the whole-cohort kernel is computed
 once and sliced per fold. Everything fitted (centring of the kernel and the targets, the
-regularisation chosen by an inner K-fold, the brain-age bias) uses training subjects only: a test
+regularisation chosen by an inner K-fold) uses training subjects only: a test
 subject enters only through its kernel row against the training subjects, at prediction time.
 """
 
@@ -201,50 +201,3 @@ def nested_kernel_ridge(
     best = int(np.argmin(np.mean(np.abs(oof - y[train][None, :]), axis=1)))
     test_pred = kernel_ridge_predict(kernel, y, train, np.asarray(test), [alphas[best]])[0]
     return test_pred, oof[best], float(alphas[best])
-
-
-def fit_age_bias(age: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
-    """Fit the linear age bias of brain-age predictions (``predicted ≈ slope * age + intercept``).
-
-    Fit it on predictions of subjects the predictor did not train on (inner out-of-fold or
-    inner-validation predictions), then apply :func:`correct_age_bias` to the test predictions
-    (Cole et al. 2018; de Lange & Cole 2020).
-
-    Parameters
-    ----------
-    age : ndarray of shape (n,)
-        Chronological ages.
-    predicted : ndarray of shape (n,)
-        Predicted ages.
-
-    Returns
-    -------
-    slope, intercept : float
-        The fitted bias.
-    """
-    age = np.asarray(age, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.float64)
-    ok = np.isfinite(age) & np.isfinite(predicted)
-    slope, intercept = np.polyfit(age[ok], predicted[ok], 1)
-    return float(slope), float(intercept)
-
-
-def correct_age_bias(predicted: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """Remove a fitted linear age bias: ``(predicted - intercept) / slope``.
-
-    Parameters
-    ----------
-    predicted : ndarray
-        Predicted ages.
-    slope, intercept : float
-        From :func:`fit_age_bias`.
-
-    Returns
-    -------
-    ndarray
-        Corrected predictions (a copy, unchanged when the slope is too close to 0 to invert).
-    """
-    predicted = np.asarray(predicted, dtype=np.float64)
-    if abs(slope) < 1e-3:
-        return predicted.copy()
-    return (predicted - intercept) / slope

@@ -33,9 +33,7 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from provenance import git_commit, machine
 
+from brainfm.derivatives import write_text_atomic
 from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
 from brainfm.importers.pcp import import_pcp
 from brainfm.models import train as T
@@ -555,36 +555,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=HERE, text=True, capture_output=True).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU(s) ({cpu})"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -625,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     t0 = time.perf_counter()
-    commit = _git_commit()  # the code that runs, not the code at the end of a long run
+    commit = git_commit()  # the code that runs, not the code at the end of a long run
     opts = load_options(args.config)
     opts.seed = args.seed
     opts.threads = args.threads
@@ -665,15 +635,16 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": commit, "brainfm_version": __version__,
         "n_trainings": len(tasks), "n_trainings_cached": n_cached,
-        "torch_version": torch.__version__, "machine": _machine(), "jobs": args.jobs,
+        "torch_version": torch.__version__, "machine": machine(), "jobs": args.jobs,
         "threads": args.threads, "wall_seconds": time.perf_counter() - t0,
         "n_subjects": len(cohort.sessions), "n_sites": len(set(cohort.sites.tolist())),
         "n_piq": int(np.isfinite(cohort.targets[:, 1]).sum()),
         "config": os.path.relpath(args.config, HERE.parent), "options": opts.to_dict(),
         "pretrain_epochs": pretrain_epochs,
     }
-    _write_atomic(args.out / "accuracy.json", json.dumps(report, indent=1))
-    _write_atomic(args.out / "accuracy.md", render_markdown(report))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "accuracy.json", json.dumps(report, indent=1))
+    write_text_atomic(args.out / "accuracy.md", render_markdown(report))
     LOGGER.info("wrote %s", args.out / "accuracy.md")
     print(render_markdown(report))
     return 0

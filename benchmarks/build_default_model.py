@@ -31,16 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accuracy import (
-    DEFAULT_CONFIG,
-    TARGETS,
-    _git_commit,
-    _machine,
-    _write_atomic,
-    load_cohort,
-    prepare_cache,
-)
+from accuracy import DEFAULT_CONFIG, TARGETS, load_cohort, prepare_cache
+from provenance import git_commit, machine
 
+from brainfm.derivatives import write_text_atomic
 from brainfm.models import train as T
 from brainfm.models.checkpoint import load_checkpoint, save_checkpoint
 from brainfm.models.cli import load_options
@@ -169,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                    "accuracy run); the weights stay as they are")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    commit = _git_commit()
+    commit = git_commit()
     opts = load_options(args.config)
     opts.threads = args.threads
     deriv = prepare_cache(args.data, args.cache)
@@ -203,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             "# Default model: rebuild and determinism check", "",
             f"- Command: `{command}`",
             f"- Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; git commit "
-            f"`{commit}`", f"- Machine: {_machine()}; torch threads {args.threads}",
+            f"`{commit}`", f"- Machine: {machine()}; torch threads {args.threads}",
             f"- Configuration: `{os.path.relpath(args.config, REPO)}`", "",
             "| run | wall time (s) | weights SHA-256 |", "|---|---|---|",
             *[f"| {i} | {r['seconds']:.0f} | `{r['weights_sha256']}` |"
               for i, r in enumerate(runs, start=1)], "",
             f"Identical: **{'yes' if same else 'NO'}**.", "",
         ]
-        _write_atomic(HERE / "results" / "default_model.md", "\n".join(lines))
+        write_text_atomic(HERE / "results" / "default_model.md", "\n".join(lines))
         if not same:
             LOGGER.error("the two trainings differ: training is not deterministic here")
             return 1

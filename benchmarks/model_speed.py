@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import cpu_name, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -219,14 +220,7 @@ def machine_info(device: str) -> dict[str, Any]:
         ``blas_threads`` (numpy's BLAS, None when unknown), ``device``, ``gpu`` (name or None),
         ``git_commit``, ``date``.
     """
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -259,24 +253,6 @@ def machine_info(device: str) -> dict[str, Any]:
         "git_commit": git_commit(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-
-
-def git_commit() -> str:
-    """Short commit of the repository, ``+dirty`` when tracked files differ from it.
-
-    Returns
-    -------
-    str
-        The commit, or ``unknown`` outside a git checkout.
-    """
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=ROOT,
-                               capture_output=True, check=False).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 # --------------------------------------------------------------------------------------------

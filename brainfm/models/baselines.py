@@ -67,12 +67,68 @@ def subject_kernel(features: np.ndarray, kind: str) -> np.ndarray:
     """
     x = np.asarray(features, dtype=np.float64)
     if kind == "krr":
-        x = x - x.mean(axis=1, keepdims=True)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+        x = correlation_features(x)
     elif kind != "ridge":
         raise ValueError(f"unknown baseline {kind!r}; use one of {BASELINE_KERNELS}")
     return x @ x.T
+
+
+def correlation_features(features: np.ndarray) -> np.ndarray:
+    """The feature map of the correlation kernel: each row centred and scaled to unit norm.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, p)
+        One row per subject.
+
+    Returns
+    -------
+    ndarray of shape (n, p)
+        Rows with mean 0 and norm 1 (a constant row stays 0), so that ``z_i · z_j`` is the
+        Pearson correlation of rows ``i`` and ``j``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def fit_primal_ridge(z_train: np.ndarray, y_train: np.ndarray, alpha: float
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Kernel ridge on a linear kernel, solved in its dual form and returned in primal form.
+
+    The same fit as :func:`kernel_ridge_predict` on the kernel ``z @ z.T`` (feature-space
+    centring, unpenalised intercept, penalty as a multiple of the centred kernel's mean
+    diagonal), but as a weight vector, so that a new subject is predicted without the training
+    subjects: ``(z - center) @ weight + intercept``.
+
+    Parameters
+    ----------
+    z_train : ndarray of shape (n, p)
+        Training features (e.g. :func:`correlation_features`).
+    y_train : ndarray of shape (n,)
+        Finite training targets.
+    alpha : float
+        Penalty (multiple of the mean diagonal of the centred training kernel).
+
+    Returns
+    -------
+    weight : ndarray of shape (p,)
+    center : ndarray of shape (p,)
+        Training mean of the features.
+    intercept : float
+        Training mean of the targets.
+    """
+    z = np.asarray(z_train, dtype=np.float64)
+    y = np.asarray(y_train, dtype=np.float64)
+    center = z.mean(axis=0)
+    zc = z - center
+    k = zc @ zc.T
+    intercept = float(y.mean())
+    evals, evecs = np.linalg.eigh(k)
+    scale = max(float(np.mean(np.diag(k))), 1e-12)
+    dual = evecs @ ((evecs.T @ (y - intercept)) / (np.clip(evals, 0.0, None) + alpha * scale))
+    return zc.T @ dual, center, intercept
 
 
 def _centred_blocks(kernel: np.ndarray, train: np.ndarray, other: np.ndarray
@@ -126,7 +182,8 @@ def _inner_folds(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
 
 
 def out_of_fold(kernel: np.ndarray, y: np.ndarray, train: np.ndarray, alphas: Sequence[float],
-                n_folds: int, seed: int) -> np.ndarray:
+                n_folds: int, seed: int, folds: Sequence[np.ndarray] | None = None
+                ) -> np.ndarray:
     """Inner K-fold predictions of the training subjects, for every penalty.
 
     Parameters
@@ -143,6 +200,9 @@ def out_of_fold(kernel: np.ndarray, y: np.ndarray, train: np.ndarray, alphas: Se
         Inner folds.
     seed : int
         Seed of the inner split.
+    folds : sequence of ndarray of int, optional
+        The inner folds as positions into ``train`` (e.g. whole sites); default: ``n_folds``
+        random folds.
 
     Returns
     -------
@@ -151,7 +211,7 @@ def out_of_fold(kernel: np.ndarray, y: np.ndarray, train: np.ndarray, alphas: Se
     """
     train = np.asarray(train)
     oof = np.empty((len(alphas), train.size))
-    for held in _inner_folds(train.size, n_folds, seed):
+    for held in folds if folds is not None else _inner_folds(train.size, n_folds, seed):
         fit = np.setdiff1d(np.arange(train.size), held)
         oof[:, held] = kernel_ridge_predict(kernel, y, train[fit], train[held], alphas)
     return oof
@@ -165,6 +225,7 @@ def nested_kernel_ridge(
     alphas: Sequence[float] = ALPHA_GRID,
     n_folds: int = 5,
     seed: int = 0,
+    folds: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Kernel ridge regression with its penalty chosen by an inner K-fold on ``train``.
 
@@ -182,6 +243,8 @@ def nested_kernel_ridge(
         Inner folds.
     seed : int, optional
         Seed of the inner split.
+    folds : sequence of ndarray of int, optional
+        Inner folds as positions into ``train`` (see :func:`out_of_fold`).
 
     Returns
     -------
@@ -197,7 +260,7 @@ def nested_kernel_ridge(
     train = np.asarray(train)
     if not np.isfinite(y[train]).all():
         raise ValueError("training targets must be finite; drop subjects without a value")
-    oof = out_of_fold(kernel, y, train, alphas, n_folds, seed)
+    oof = out_of_fold(kernel, y, train, alphas, n_folds, seed, folds)
     best = int(np.argmin(np.mean(np.abs(oof - y[train][None, :]), axis=1)))
     test_pred = kernel_ridge_predict(kernel, y, train, np.asarray(test), [alphas[best]])[0]
     return test_pred, oof[best], float(alphas[best])

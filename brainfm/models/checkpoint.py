@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from .ensemble import BrainFMEnsemble, check_spec
 from .model import BrainFM, BrainFMConfig
 
 __all__ = [
@@ -41,8 +42,9 @@ __all__ = [
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
-#: Version of the checkpoint layout; :func:`load_checkpoint` refuses newer ones.
-FORMAT_VERSION = 1
+#: Version of the checkpoint layout; :func:`load_checkpoint` refuses newer ones. Version 2 adds
+#: ensembles (a card with an ``ensemble`` section); single networks are still written as 1.
+FORMAT_VERSION = 2
 
 _TRAIN_HINT = ("train one with `brainfm-train` (see `brainfm-train --help`) and pass the folder "
                "it writes")
@@ -110,15 +112,17 @@ def _brainfm_version() -> str:
     return str(__version__)
 
 
-def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM, card: dict[str, Any]) -> Path:
+def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEnsemble,
+                    card: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``model_card.json`` into ``out_dir``.
 
     Parameters
     ----------
     out_dir : path-like
         Folder to write (created with its parents when missing).
-    model : BrainFM
-        The model; its ``state_dict`` is saved on the CPU.
+    model : BrainFM or BrainFMEnsemble
+        The model; its ``state_dict`` is saved on the CPU. An ensemble's card gets its
+        ``ensemble`` section (members, combination, calibration).
     card : dict
         Model card from the trainer (atlas, roi_names, sampling_rate_hz, window, targets,
         training, metrics, denoising_strategy, ...). It is not modified; the written card adds
@@ -138,14 +142,16 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM, card: dict[
     _atomic_write_bytes(weights, lambda p: save_file(state, str(p),
                                                      metadata={"format": "pt"}))
     full = dict(card)
+    if isinstance(model, BrainFMEnsemble):
+        full["ensemble"] = model.spec
     full.update({
-        "config": model.config.to_dict(),
+        "config": model.config.to_dict() if model.config is not None else None,
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(weights),
         "n_parameters": int(sum(v.numel() for v in state.values())),
         "brainfm_version": _brainfm_version(),
         "torch_version": str(torch.__version__),
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if isinstance(model, BrainFMEnsemble) else 1,
     })
     text = json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n"
     _atomic_write_bytes(out / CARD_FILE, lambda p: p.write_text(text, encoding="utf-8"))
@@ -167,7 +173,7 @@ def load_checkpoint(
     expected_atlas: str | None = None,
     expected_roi_names: Sequence[str] | None = None,
     map_location: str | torch.device = "cpu",
-) -> tuple[BrainFM, dict[str, Any]]:
+) -> tuple[BrainFM | BrainFMEnsemble, dict[str, Any]]:
     """Load a model folder written by :func:`save_checkpoint` (safetensors only, no pickle).
 
     Parameters
@@ -184,8 +190,8 @@ def load_checkpoint(
 
     Returns
     -------
-    model : BrainFM
-        The model in eval mode.
+    model : BrainFM or BrainFMEnsemble
+        The model in eval mode (an ensemble when the card has an ``ensemble`` section).
     card : dict
         The model card.
 
@@ -234,19 +240,28 @@ def load_checkpoint(
             if a != b:
                 raise CheckpointError(f"model {card_path} expects ROI {a!r} in column {i + 1} but "
                                       f"the data have {b!r} there (ROI order differs)")
+    spec = card.get("ensemble")
     try:
-        config = BrainFMConfig.from_dict(card.get("config") or {})
+        if spec is not None:
+            check_spec(spec, str(card_path))
+            configs = [BrainFMConfig.from_dict(m["config"]) for m in spec["members"]]
+        else:
+            configs = [BrainFMConfig.from_dict(card.get("config") or {})]
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"model card {card_path} has an invalid config: {exc}") from exc
     names = card.get("roi_names")
-    if isinstance(names, list) and len(names) != config.n_rois:
-        raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
-                              f"config has n_rois={config.n_rois}")
+    for config in configs:
+        if isinstance(names, list) and len(names) != config.n_rois:
+            raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
+                                  f"config has n_rois={config.n_rois}")
     try:
         state = load_file(str(weights_path), device=str(torch.device(map_location)))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"cannot read weights file {weights_path}: {exc}") from exc
-    model = BrainFM(config)
+    model: BrainFM | BrainFMEnsemble = (BrainFMEnsemble(spec) if spec is not None
+                                        else BrainFM(configs[0]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

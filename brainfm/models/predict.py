@@ -156,6 +156,9 @@ def predict_subject(
     """
     targets = card_targets(card)
     session = session_for_model(runs, card)
+    if getattr(model, "is_ensemble", False):  # BrainFMEnsemble: members + linear members
+        return model.predict_session(card, session, stride=stride, batch_size=batch_size,
+                                     device=device)
     window = int(card.get("window") or getattr(getattr(model, "config", None), "window", 0))
     if window <= 0:
         raise InputError("the model card gives no window length")

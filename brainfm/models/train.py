@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -735,6 +735,7 @@ def finetune(
     ctx: DistContext,
     init: BrainFM | None = None,
     label: str = "finetune",
+    val_participants: Collection[str] | None = None,
 ) -> tuple[BrainFM, TargetScaler, dict[str, Any]]:
     """Fine-tune a predictor of the targets (optionally from a pretrained encoder).
 
@@ -755,6 +756,9 @@ def finetune(
         options are the base of the new configuration).
     label : str, optional
         Log label.
+    val_participants : collection of str, optional
+        The inner-validation participants (e.g. whole sites held out by an ensemble member);
+        default: a random ``opts.val_fraction`` of the participants.
 
     Returns
     -------
@@ -787,7 +791,15 @@ def finetune(
     model = BrainFM(cfg)
     if init is not None:
         load_encoder(model, init)
-    tr, va = split_subjects([s.participant_id for s in sessions], opts.val_fraction, opts.seed)
+    if val_participants is None:
+        tr, va = split_subjects([s.participant_id for s in sessions], opts.val_fraction,
+                                opts.seed)
+    else:
+        held = set(val_participants)
+        is_val = np.array([s.participant_id in held for s in sessions], dtype=bool)
+        tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        if tr.size == 0:
+            raise InputError(f"{label}: every participant is in the validation set")
     scaler = TargetScaler.fit(y_raw[tr])
     y_std = scaler.transform(y_raw)
     train_ds = WindowDataset([sessions[i] for i in tr], _window(cfg), y_std[tr],

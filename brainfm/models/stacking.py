@@ -1,0 +1,295 @@
+"""Fit the shipped recipe: site-bagged BrainFM members stacked with linear members.
+
+The recipe (chosen and measured on leave-site-out, ``benchmarks/accuracy.py``):
+
+1. Inner folds are whole sites (:func:`inner_site_folds`), so that every held-out number below
+   is an out-of-site number, as a new lab's data will be.
+2. Network members: one :class:`~brainfm.models.model.BrainFM` per inner fold, fine-tuned on
+   the other folds from a shared pretrained LMAE encoder, early-stopped on its held-out sites,
+   for the transformed targets (log age). Each member's held-out predictions give every training
+   subject one out-of-site network prediction.
+3. Linear members: ridge on normalised Fisher-z edges (kernel ridge with a correlation kernel)
+   per target, penalty chosen on the same inner folds; their out-of-fold predictions too.
+4. Stacking: per target the weight of the network mean against the linear member that
+   minimises the out-of-fold MAE (raw units) on a grid of 0, 0.05, ..., 1.
+5. Calibration: split-conformal half-widths of the stacked out-of-fold residuals (transformed
+   space), with the finite-sample correction, for the 50 % and 90 % intervals.
+6. Out-of-distribution: the 1st percentile of the training subjects' similarity to the cohort's
+   mean connectivity pattern, and the training range of each target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from brainfm.errors import InputError
+from brainfm.models import train as T
+from brainfm.models.baselines import (
+    ALPHA_GRID,
+    connectivity_features,
+    correlation_features,
+    fit_primal_ridge,
+    out_of_fold,
+)
+from brainfm.models.data import SessionData, TargetSpec
+from brainfm.models.ensemble import (
+    INTERVAL_LEVELS,
+    TRANSFORMS,
+    BrainFMEnsemble,
+    member_targets,
+)
+from brainfm.models.model import BrainFM
+
+LOGGER = logging.getLogger("brainfm.stacking")
+WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
+
+
+@dataclass
+class RecipeOptions:
+    """Choices of the recipe (the defaults are what ships).
+
+    Attributes
+    ----------
+    n_members : int
+        Network members = inner site folds.
+    network_targets : tuple of str
+        Targets the networks predict (the others are linear only).
+    transforms : dict
+        Target transform by name (``log`` or ``identity``; default identity).
+    ood_quantile : float
+        Training quantile of the similarity below which a subject is flagged.
+    """
+
+    n_members: int = 3
+    network_targets: tuple[str, ...] = ("age",)
+    transforms: dict[str, str] | None = None
+    ood_quantile: float = 0.01
+
+    def transform(self, name: str) -> str:
+        """Transform of a target."""
+        return (self.transforms if self.transforms is not None else {"age": "log"}).get(
+            name, "identity")
+
+
+def inner_site_folds(sites: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Inner folds of whole sites (shuffled K-fold when there are fewer sites than folds).
+
+    Parameters
+    ----------
+    sites : ndarray of str
+        Site of each subject.
+    n_folds : int
+        Folds.
+    seed : int
+        Seed of the fallback shuffle.
+
+    Returns
+    -------
+    list of ndarray of int
+        Held-out positions of each fold (a partition of ``range(len(sites))``).
+    """
+    from sklearn.model_selection import GroupKFold, KFold
+
+    sites = np.asarray(sites).astype(str)
+    if len(set(sites.tolist())) >= n_folds:
+        split = GroupKFold(n_splits=n_folds).split(sites, groups=sites)
+    else:
+        LOGGER.warning("fewer than %d sites: inner folds are random subjects, so intervals "
+                       "reflect within-site error only", n_folds)
+        split = KFold(n_folds, shuffle=True, random_state=seed).split(sites)
+    return [np.sort(test) for _, test in split]
+
+
+def conformal_halfwidth(residuals: np.ndarray, level: float) -> float:
+    """Split-conformal half-width: the ``ceil((n + 1) level)``-th smallest absolute residual."""
+    r = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)[np.isfinite(residuals)]))
+    if r.size == 0:
+        raise InputError("no held-out residuals to calibrate the intervals on")
+    k = min(r.size, max(1, math.ceil((r.size + 1) * level)))
+    return float(r[k - 1])
+
+
+def _stack_weight(y: np.ndarray, network: np.ndarray, linear: np.ndarray, inverse: Any
+                  ) -> tuple[float, dict[str, float]]:
+    scores = {}
+    for w in WEIGHT_GRID:
+        scores[f"{w:g}"] = float(np.mean(np.abs(inverse(w * network + (1 - w) * linear) - y)))
+    best = min(WEIGHT_GRID, key=lambda w: (scores[f"{w:g}"], -w))
+    return float(best), scores
+
+
+def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
+               inverse: Any) -> dict[str, Any]:
+    """Linear member of one target: penalty on the inner folds, refit on all, out-of-fold.
+
+    Parameters
+    ----------
+    edges : ndarray of shape (n, p)
+        Normalised edges of the subjects with a value.
+    y_t, y_raw : ndarray of shape (n,)
+        Transformed and raw targets.
+    folds : list of ndarray
+        Inner folds (positions).
+    inverse : callable
+        Inverse transform (the penalty minimises the raw-unit MAE).
+
+    Returns
+    -------
+    dict
+        ``weight``, ``center``, ``intercept``, ``alpha``, ``oof`` (transformed) and the
+        inner ``scores`` per penalty.
+    """
+    kernel = edges @ edges.T
+    idx = np.arange(edges.shape[0])
+    oof = out_of_fold(kernel, y_t, idx, ALPHA_GRID, len(folds), 0, folds=folds)
+    mae = np.mean(np.abs(inverse(oof) - y_raw[None, :]), axis=1)
+    best = int(np.argmin(mae))
+    weight, center, intercept = fit_primal_ridge(edges, y_t, ALPHA_GRID[best])
+    return {"weight": weight, "center": center, "intercept": intercept,
+            "alpha": float(ALPHA_GRID[best]), "oof": oof[best],
+            "scores": {f"{a:g}": float(m) for a, m in zip(ALPHA_GRID, mae, strict=True)}}
+
+
+def fit_ensemble(
+    sessions: Sequence[SessionData],
+    y_raw: np.ndarray,
+    specs: Sequence[TargetSpec],
+    sites: np.ndarray,
+    opts: T.TrainOptions,
+    ctx: T.DistContext,
+    init: BrainFM | None = None,
+    recipe: RecipeOptions | None = None,
+    label: str = "ensemble",
+) -> tuple[BrainFMEnsemble, dict[str, Any]]:
+    """Fit the recipe on training sessions (one per subject).
+
+    Parameters
+    ----------
+    sessions : sequence of SessionData
+        Training sessions.
+    y_raw : ndarray of shape (n, K)
+        Raw targets (NaN = missing).
+    specs : sequence of TargetSpec
+        The K targets.
+    sites : ndarray of str
+        Site of each session (the inner folds).
+    opts : TrainOptions
+        Fine-tuning options of the members (``seed`` + m for member m).
+    ctx : DistContext
+        Device.
+    init : BrainFM, optional
+        Pretrained LMAE encoder shared by the members.
+    recipe : RecipeOptions, optional
+        Recipe choices (default: what ships).
+    label : str, optional
+        Log label.
+
+    Returns
+    -------
+    model : BrainFMEnsemble
+        The fitted ensemble (eval mode).
+    info : dict
+        ``oof`` (per target: participant ids, truth, network, linear and stacked out-of-fold
+        predictions in raw units), ``members`` (best epochs, seconds), ``linear`` (penalty
+        scores), ``stacking`` (weight scores), ``seconds``.
+    """
+    recipe = recipe or RecipeOptions()
+    y_raw = np.asarray(y_raw, dtype=np.float64)
+    sites = np.asarray(sites).astype(str)
+    pids = [s.participant_id for s in sessions]
+    n = len(sessions)
+    if n < 2 * recipe.n_members:
+        raise InputError(f"{label}: {n} subjects are too few for {recipe.n_members} members")
+    folds = inner_site_folds(sites, recipe.n_members, opts.seed)
+    edges = correlation_features(connectivity_features([s.conn for s in sessions]))
+    names = [s.name for s in specs]
+    net_names = [nm for nm in names if nm in recipe.network_targets]
+    net_cols = [names.index(nm) for nm in net_names]
+    y_t = np.column_stack([TRANSFORMS[recipe.transform(nm)][0](y_raw[:, k])
+                           for k, nm in enumerate(names)])
+    members, member_specs, member_info = [], [], []
+    net_oof = np.full((n, len(net_names)), np.nan)
+    for m, held in enumerate(folds if net_names else []):
+        m_opts = T.TrainOptions(**opts.to_dict())
+        m_opts.seed = opts.seed + m
+        val = {pids[i] for i in held}
+        model, scaler, info = T.finetune(
+            sessions, y_t[:, net_cols], [TargetSpec(nm, nm) for nm in net_names], m_opts, ctx,
+            init=init, label=f"{label} member {m + 1}/{len(folds)}", val_participants=val)
+        pos = {p: i for i, p in enumerate(pids)}
+        for p, row in zip(info["val_participant_ids"], info["val_predictions"], strict=True):
+            net_oof[pos[p]] = row
+        members.append(model)
+        member_specs.append({
+            "config": model.config.to_dict(),
+            "targets": member_targets(net_names, scaler.mean, scaler.std),
+            "validation_sites": sorted(set(sites[held].tolist())),
+            "best_epoch": int(info["metrics"]["best_epoch"]),
+            "seed": m_opts.seed,
+        })
+        member_info.append({"best_epoch": int(info["metrics"]["best_epoch"]),
+                            "seconds": round(info["seconds"], 1)})
+    target_specs, linear_fits, oof_out, stacking = [], {}, {}, {}
+    for k, spec in enumerate(specs):
+        name = spec.name
+        _, inverse = TRANSFORMS[recipe.transform(name)]
+        ok = np.flatnonzero(np.isfinite(y_raw[:, k]))
+        if ok.size < 2 * recipe.n_members:
+            raise InputError(f"{label}: only {ok.size} subjects have a value for {name}")
+        sub_folds = inner_site_folds(sites[ok], recipe.n_members, opts.seed)
+        lin = fit_linear(edges[ok], y_t[ok, k], y_raw[ok, k], sub_folds, inverse)
+        linear_fits[name] = lin
+        network = net_oof[ok, net_names.index(name)] if name in net_names else None
+        if network is not None:
+            weight, scores = _stack_weight(y_raw[ok, k], network, lin["oof"], inverse)
+            stacked = weight * network + (1 - weight) * lin["oof"]
+        else:
+            weight, scores, stacked = 0.0, {}, lin["oof"]
+        stacking[name] = {"network_weight": weight, "oof_mae_by_weight": scores}
+        residual = y_t[ok, k] - stacked
+        halves = {f"{lv:g}": conformal_halfwidth(residual, lv) for lv in INTERVAL_LEVELS}
+        target_specs.append({
+            "name": name, "column": spec.column, "transform": recipe.transform(name),
+            "network_weight": weight, "interval_halfwidth": halves,
+            "interval_space": recipe.transform(name),
+            "linear": {"alpha": lin["alpha"], "features": "Fisher-z edges, each subject's "
+                       "vector centred and scaled to unit norm (correlation kernel)"},
+            "n_subjects": int(ok.size),
+        })
+        oof_out[name] = {
+            "participant_id": [pids[i] for i in ok], "true": y_raw[ok, k].tolist(),
+            "linear": inverse(lin["oof"]).tolist(),
+            "network": None if network is None else inverse(network).tolist(),
+            "stacked": inverse(stacked).tolist(),
+        }
+    similarity = edges @ linear_fits[names[0]]["center"] / max(
+        float(np.linalg.norm(linear_fits[names[0]]["center"])), 1e-12)
+    spec = {
+        "members": member_specs,
+        "targets": target_specs,
+        "n_edges": int(edges.shape[1]),
+        "inner_folds": [sorted(set(sites[f].tolist())) for f in folds],
+        "ood": {
+            "similarity_threshold": float(np.quantile(similarity, recipe.ood_quantile)),
+            "similarity_quantile": recipe.ood_quantile,
+            "target_range": {s.name: [float(np.nanmin(y_raw[:, k])), float(np.nanmax(y_raw[:, k]))]
+                             for k, s in enumerate(specs) if s.name in net_names},
+        },
+    }
+    ensemble = BrainFMEnsemble(spec)
+    for m, model in enumerate(members):
+        ensemble.members[m].load_state_dict(model.state_dict())
+    for name, lin in linear_fits.items():
+        ensemble.linear[name].set(lin["weight"], lin["center"], lin["intercept"])
+    ensemble.eval()
+    return ensemble, {
+        "oof": oof_out, "members": member_info, "stacking": stacking,
+        "linear": {nm: {"alpha": f["alpha"], "oof_mae_by_alpha": f["scores"]}
+                   for nm, f in linear_fits.items()},
+    }

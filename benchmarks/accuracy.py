@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import evaluation as E
 import numpy as np
 from provenance import git_commit, machine
 
@@ -542,12 +543,126 @@ def summarise(cohort: Cohort, records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Pairs compared subject by subject (A, B): MAE(A) / MAE(B) with bootstrap CIs.
+PAIRS = (("recipe", "krr"), ("recipe", "ridge"), ("recipe", "recipe-linear"),
+         ("recipe", "recipe-network"), ("recipe-linear", "krr"), ("recipe-network", "krr"),
+         ("full", "krr"))
+
+
+def evaluate_block(cohort: Cohort, records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Age bands, sites, interval coverage, paired comparisons and PIQ correlations.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The cohort.
+    records : dict
+        Fold records per model of one protocol.
+
+    Returns
+    -------
+    dict
+        ``bands`` and ``sites`` (per model, age), ``coverage`` (recipe, per target and level),
+        ``paired`` (age, see :data:`PAIRS`), ``piq_r`` (per model, with CIs).
+    """
+    index = {p: i for i, p in enumerate(cohort.subjects)}
+    age = cohort.targets[:, 0]
+    out: dict[str, Any] = {"bands": {}, "sites": {}, "coverage": {}, "paired": {}, "piq_r": {}}
+    preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, recs in records.items():
+        idx, pred = E.pooled(recs, index, "age")
+        order = np.argsort(idx)
+        preds[name] = (idx[order], pred[order])
+        out["bands"][name] = E.band_table(age, idx, pred)
+        out["sites"][name] = E.site_table(age, cohort.sites, idx, pred)
+        pidx, ppred = E.pooled(recs, index, "fluid_intelligence")
+        out["piq_r"][name] = E.correlation_ci(cohort.targets[pidx, 1], ppred,
+                                              cohort.sites[pidx])
+    if "recipe" in records:
+        for k, spec in enumerate(TARGETS):
+            for level in (50, 90):
+                idx, low = E.pooled(records["recipe"], index, f"{spec.name}_lower{level}")
+                _, high = E.pooled(records["recipe"], index, f"{spec.name}_upper{level}")
+                out["coverage"].setdefault(spec.name, {})[str(level)] = E.coverage(
+                    cohort.targets[:, k], age, idx, low, high)
+        idx, ood = E.pooled(records["recipe"], index, "ood")
+        out["ood"] = {"n_flagged": int(np.nansum(ood)), "n": int(ood.size)}
+    for a, b in PAIRS:
+        if a in preds and b in preds and np.array_equal(preds[a][0], preds[b][0]):
+            idx = preds[a][0]
+            out["paired"][f"{a} vs {b}"] = E.paired_mae_ratio(
+                age[idx], preds[a][1], preds[b][1], cohort.sites[idx])
+    return out
+
+
 def _fmt(entry: dict[str, Any], digits: int = 2) -> str:
     if entry.get("mean") is None:
         return "–"
     sd = entry.get("sd")
     return f"{entry['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else \
         f"{entry['mean']:.{digits}f}"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(v: list[float] | None, digits: int = 2) -> str:
+    return "–" if not v else f"[{v[0]:.{digits}f}, {v[1]:.{digits}f}]"
+
+
+def render_evaluation(block: dict[str, Any]) -> list[str]:
+    """Markdown of :func:`evaluate_block`: paired, bands, coverage, sites, PIQ."""
+    ev, titles = block["evaluation"], block["titles"]
+    lines = ["", "Paired comparison of age MAE on the same subjects (ratio < 1: A is better; "
+             "95 % bootstrap CIs resampling subjects, and resampling whole sites):", "",
+             "| A | B | MAE A / MAE B | CI (subjects) | CI (sites) | MAE A − MAE B (y) |",
+             "|---|---|---|---|---|---|"]
+    for key, pr in ev["paired"].items():
+        a, b = key.split(" vs ")
+        lines.append(f"| {titles[a]} | {titles[b]} | {pr['ratio']:.3f} | "
+                     f"{_ci(pr['ci95_subjects'], 3)} | {_ci(pr['ci95_sites'], 3)} | "
+                     f"{pr['difference']:+.2f} |")
+    bands = list(E.AGE_BANDS)
+    lines += ["", "Age MAE (mean error) by true-age band, years:", "",
+              "| model | " + " | ".join(f"{b} (n={next(iter(ev['bands'].values()))[b]['n']})"
+                                       for b in bands) + " |",
+              "|---|" + "---|" * len(bands)]
+    for name, table in ev["bands"].items():
+        lines.append(f"| {titles[name]} | " + " | ".join(
+            f"{_num(table[b]['mae'])} ({_num(table[b]['mean_error'], 1)})" for b in bands)
+            + " |")
+    for target, levels in ev.get("coverage", {}).items():
+        label = TARGET_LABELS[target]
+        lines += ["", f"Interval coverage of the shipped recipe, {label} (share of true values "
+                  "inside the calibrated interval; median width):", "",
+                  "| nominal | all | " + " | ".join(bands) + " |",
+                  "|---|---|" + "---|" * len(bands)]
+        for level, cov in levels.items():
+            cells = [f"{_num(cov[k]['coverage'])} (w {_num(cov[k]['median_width'], 1)}, "
+                     f"n={cov[k]['n']})" for k in ("all", *bands)]
+            lines.append(f"| {level} % | " + " | ".join(cells) + " |")
+    if "ood" in ev:
+        lines += ["", f"Out-of-distribution flags raised on test subjects: "
+                  f"{ev['ood']['n_flagged']} of {ev['ood']['n']}."]
+    if block["protocol"] == PROTOCOLS["loso"]:
+        models = [m for m in ("krr", "ridge", "recipe", "recipe-linear", "recipe-network")
+                  if m in ev["sites"]]
+        lines += ["", "Age MAE (mean error) per held-out site:", "",
+                  "| site | n | " + " | ".join(titles[m] for m in models) + " |",
+                  "|---|---|" + "---|" * len(models)]
+        for site in ev["sites"][models[0]]:
+            cells = [f"{_num(ev['sites'][m][site]['mae'])} "
+                     f"({_num(ev['sites'][m][site]['mean_error'], 1)})" for m in models]
+            lines.append(f"| {site} | {ev['sites'][models[0]][site]['n']} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "PIQ (fluid-intelligence proxy), pooled Pearson r with 95 % bootstrap CIs:", "",
+              "| model | r | CI (subjects) | CI (sites) |", "|---|---|---|---|"]
+    for name, pr in ev["piq_r"].items():
+        if pr["r"] is not None:
+            lines.append(f"| {titles[name]} | {pr['r']:.2f} | {_ci(pr['ci95_subjects'])} | "
+                         f"{_ci(pr['ci95_sites'])} |")
+    return lines
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -584,10 +699,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(a['r2'])} | {_fmt(q['mae'])} | {_fmt(q['r'])} | {_fmt(q['r2'])} | "
                 f"{a['pooled']['mae']:.2f} / {a['pooled']['r']:.2f} | "
                 f"{q['pooled']['mae']:.2f} / {q['pooled']['r']:.2f} |")
-        vs = block.get("full_vs_krr_age_mae")
-        if vs is not None:
-            lines += ["", f"brainfm full vs kernel ridge, age MAE: {vs:+.1f} % "
-                      f"({'lower' if vs < 0 else 'higher'} is {'better' if vs < 0 else 'worse'})."]
+        lines += render_evaluation(block)
         lines += ["", "Brain-age gap (predicted − true age) correlation with age, before and "
                   "after a linear bias correction fitted on held-out predictions of the training "
                   "subjects:", "", "| model | r(gap, age) | corrected |", "|---|---|---|"]
@@ -666,11 +778,8 @@ def main(argv: list[str] | None = None) -> int:
             "protocol": PROTOCOLS[protocol], "n_folds": len(pf), "titles": titles,
             "summary": {name: summarise(cohort, recs) for name, recs in records.items()},
             "folds": records,
+            "evaluation": evaluate_block(cohort, records),
         }
-        if "full" in block["summary"]:
-            full = block["summary"]["full"]["age"]["mae"]["mean"]
-            krr = block["summary"]["krr"]["age"]["mae"]["mean"]
-            block["full_vs_krr_age_mae"] = 100.0 * (full - krr) / krr
         report["protocols"][protocol] = block
     import torch
 

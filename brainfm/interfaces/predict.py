@@ -39,7 +39,39 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "Window": card.get("window"),
         "SamplingRateHz": card.get("sampling_rate_hz"),
         "BrainfmVersion": card.get("brainfm_version"),
+        "OutOfSiteAccuracy": (card.get("metrics") or {}).get("leave_site_out_summary"),
     }
+
+
+def target_notes(card: dict[str, Any]) -> dict[str, str]:
+    """Plain-words caveats per target from the model card (e.g. "not predictable out of site")."""
+    return {t["name"]: t["note"] for t in card.get("targets") or [] if t.get("note")}
+
+
+def _prediction_columns(card: dict[str, Any]) -> list[str]:
+    """Value columns of a predictions row: each target, its std and (ensembles) intervals."""
+    from brainfm.models.ensemble import interval_columns
+
+    cols = []
+    for t in card["targets"]:
+        cols += [t["name"], f"{t['name']}_std"]
+        if card.get("ensemble"):
+            cols += interval_columns(t["name"])
+    return cols
+
+
+_DESCRIPTION = ("brainfm predictions: mean over sliding windows of all included runs; "
+                "<target>_std combines the model's predicted variance and the spread over "
+                "windows.")
+_DESCRIPTION_ENSEMBLE = (
+    "brainfm predictions: network members (mean over sliding windows of all included runs) "
+    "stacked with a ridge member on the session's connectivity, as the model card says. "
+    "<target>_lower90/_upper90 (and 50) are calibrated central intervals: conformal quantiles "
+    "of held-out-site residuals of the training cohort, so about 90 % of true values of new "
+    "sites like the training sites fall inside; <target>_std is their Gaussian-equivalent "
+    "spread ((upper90 - lower90) / 3.29). out_of_distribution is true when the session's "
+    "connectivity is less like the training cohort than 99 % of its subjects, or the "
+    "prediction lies outside the training range: treat such predictions with caution.")
 
 
 def _session_runs(result_dirs: list[str], runs: list[dict]) -> dict[str | None, list[tuple]]:
@@ -83,7 +115,6 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
     from brainfm.models.predict import predict_subject
 
     model, card = load_checkpoint(model_dir, map_location=device)
-    targets = [t["name"] for t in card["targets"]]
     written: list[str] = []
     for session, items in sorted(_session_runs(result_dirs, runs).items(),
                                  key=lambda kv: kv[0] or ""):
@@ -108,23 +139,25 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
         row: dict[str, Any] = {"participant_id": f"sub-{subject}",
                                "session_id": f"ses-{session}" if session else "n/a"}
         gates = None
+        row.update({k: None for k in _prediction_columns(card)})
+        if card.get("ensemble"):
+            row["out_of_distribution"] = None
         if included:
             result = predict_subject(model, card, included, device=device)
             row.update(result["predictions"])
+            if "ood" in result:
+                row["out_of_distribution"] = result["ood"]
             gates = result["gate_weights"]
-        else:
-            row.update({k: None for name in targets for k in (name, f"{name}_std")})
         row.update(n_runs=len(included), retained_seconds=seconds)
         ents = {"sub": subject, "ses": session}
         func_dir = subject_func_dir(Path(output_dir), subject, session)
         tsv = func_dir / build_name({**ents, "desc": "brainfm"}, "predictions", ".tsv")
         written.append(str(write_tsv_atomic(tsv, pd.DataFrame([row]))))
         written.append(str(write_json_atomic(tsv.with_suffix(".json"), {
-            "Description": "brainfm predictions: mean over sliding windows of all included runs; "
-                           "<target>_std combines the model's predicted variance and the spread "
-                           "over windows.",
+            "Description": _DESCRIPTION_ENSEMBLE if card.get("ensemble") else _DESCRIPTION,
             "ModelSHA256": card.get("weights_sha256"),
             "ModelCard": model_card_summary(card),
+            "TargetNotes": target_notes(card),
             "Sources": sources,
             "ExcludedRuns": excluded,
         })))

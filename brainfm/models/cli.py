@@ -7,7 +7,13 @@
         --target age --target fluid_intelligence=PIQ -o runs/model
     brainfm-train cv DERIV [DERIV ...] --atlas CC200 --target age --folds 5 --group-by site \\
         -o runs/cv
+    brainfm-train ensemble DERIV [DERIV ...] --atlas CC200 --target age \\
+        --target fluid_intelligence=PIQ --site-column site -o runs/ensemble
     brainfm-train predict --model runs/model DERIV [DERIV ...] -o predictions.tsv
+
+``ensemble`` fits the recipe the default model ships with (:mod:`brainfm.models.stacking`):
+LMAE pretraining, site-bagged network members for age, a ridge member on connectivity per
+target, stacking and calibrated intervals from held-out-site residuals.
 
 Options can also come from ``--config file.yaml|.toml`` holding the same keys (long option names,
 ``-`` or ``_``); options given on the command line win. Errors print
@@ -43,7 +49,8 @@ for _f in dataclasses.fields(BrainFMConfig):
     if _f.name not in {"n_rois", "targets"}:
         _MODEL_KEYS[_f.name] = {"int": int, "float": float, "bool": bool}.get(str(_f.type), str)
 #: Command-specific keys a config file may hold.
-_OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol"}
+_OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol",
+               "members", "site_column", "exclude"}
 
 
 def _bool(text: str) -> bool:
@@ -124,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
                     default=argparse.SUPPRESS, help="default stratified-kfold")
     cv.add_argument("--pretrain-epochs", type=int, default=argparse.SUPPRESS,
                     help="LMAE epochs inside each fold (default --epochs; 0 = no pretraining)")
+    ens = sub.add_parser("ensemble", help="the shipped recipe: site-bagged members stacked "
+                         "with a linear member, calibrated intervals")
+    _add_common(ens)
+    _add_targets(ens)
+    ens.add_argument("--members", type=int, default=argparse.SUPPRESS,
+                     help="network members = inner site folds (default 3)")
+    ens.add_argument("--site-column", default=argparse.SUPPRESS,
+                     help="participants.tsv column of the acquisition site (default site)")
+    ens.add_argument("--pretrain-epochs", type=int, default=argparse.SUPPRESS,
+                     help="LMAE epochs (default --epochs; 0 = no pretraining)")
+    ens.add_argument("--exclude", nargs="+", default=argparse.SUPPRESS, metavar="LABEL",
+                     help="participants to leave out of training")
     prd = sub.add_parser("predict", help="predict with a trained model")
     prd.add_argument("deriv", nargs="+", type=Path, metavar="DERIV")
     prd.add_argument("--model", required=True, help="checkpoint folder or 'default'")
@@ -321,6 +340,16 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "finetune":
         train.run_finetune(args.deriv, args.output, specs, opts, init=values.get("init"),
                            participants_tsv=ptsv)
+    elif args.command == "ensemble":
+        from brainfm.models.stacking import RecipeOptions, run_ensemble
+
+        members = int(values.get("members", 3))
+        if members < 2:
+            raise UsageError("--members must be >= 2 (each member holds out other sites)")
+        run_ensemble(args.deriv, args.output, specs, opts,
+                     pretrain_epochs=values.get("pretrain_epochs"),
+                     site_column=str(values.get("site_column", "site")), participants_tsv=ptsv,
+                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members))
     else:
         group = values.get("group_by", "site")
         group = None if group is None or str(group).lower() == "none" else str(group)

@@ -24,11 +24,12 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainfm.errors import InputError
+from brainfm.errors import InputError, UsageError
 from brainfm.models import train as T
 from brainfm.models.baselines import (
     ALPHA_GRID,
@@ -44,7 +45,7 @@ from brainfm.models.ensemble import (
     BrainFMEnsemble,
     member_targets,
 )
-from brainfm.models.model import BrainFM
+from brainfm.models.model import BrainFM, BrainFMConfig
 
 LOGGER = logging.getLogger("brainfm.stacking")
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
@@ -293,3 +294,105 @@ def fit_ensemble(
         "linear": {nm: {"alpha": f["alpha"], "oof_mae_by_alpha": f["scores"]}
                    for nm, f in linear_fits.items()},
     }
+
+
+def ensemble_card(model: BrainFMEnsemble, sessions: Sequence[SessionData], y_raw: np.ndarray,
+                  specs: Sequence[TargetSpec], info: dict[str, Any],
+                  deriv_dirs: Sequence[Path | str], opts: T.TrainOptions) -> dict[str, Any]:
+    """Model card of a fitted ensemble (before :func:`~brainfm.models.checkpoint.save_checkpoint`).
+
+    The card's ``targets`` carry the raw training mean and std of each target (for reference and
+    for readers of single-network cards); ``metrics.inner_out_of_site`` the held-out-site
+    accuracy on the training cohort that the stacking and the calibration were fitted on.
+    """
+    card = T.base_card("ensemble", sessions, deriv_dirs, opts, model.members[0].config
+                       if len(model.members) else BrainFMConfig(n_rois=sessions[0].n_rois))
+    card["targets"] = [
+        {"name": s.name, "column": s.column, "mean": float(np.nanmean(y_raw[:, k])),
+         "std": float(np.nanstd(y_raw[:, k]))} for k, s in enumerate(specs)]
+    inner: dict[str, Any] = {}
+    for name, oof in info["oof"].items():
+        y = np.asarray(oof["true"])
+        inner[name] = {part: T.regression_metrics(y, np.asarray(oof[part]))
+                       for part in ("stacked", "linear", "network") if oof[part] is not None}
+        inner[name]["training_mean"] = T.regression_metrics(y, np.full(y.size, y.mean()))
+    card["metrics"] = {"inner_out_of_site": inner, "stacking": info["stacking"]}
+    card["training"].update({"n_subjects": len(sessions), "members": info["members"],
+                             "linear": info["linear"]})
+    return card
+
+
+def run_ensemble(
+    deriv_dirs: Sequence[Path | str],
+    out_dir: Path | str,
+    specs: Sequence[TargetSpec],
+    opts: T.TrainOptions,
+    pretrain_epochs: int | None = None,
+    site_column: str = "site",
+    participants_tsv: Path | str | None = None,
+    exclude: Sequence[str] = (),
+    recipe: RecipeOptions | None = None,
+) -> Path:
+    """``brainfm-train ensemble``: pretrain, fit the recipe on a cohort, write the model folder.
+
+    Parameters
+    ----------
+    deriv_dirs : sequence of path
+        Derivatives folders with ROI time series (one session per participant).
+    out_dir : path
+        Model folder to write.
+    specs : sequence of TargetSpec
+        Targets (``age`` gets network members and a log transform by default).
+    opts : TrainOptions
+        Training options.
+    pretrain_epochs : int, optional
+        LMAE epochs (default ``opts.pretrain_epochs``, else ``opts.epochs``; 0 skips).
+    site_column : str, optional
+        ``participants.tsv`` column of the acquisition site (the inner folds).
+    participants_tsv : path, optional
+        Targets table (default: first folder's ``participants.tsv``).
+    exclude : sequence of str, optional
+        Participants to leave out of training (e.g. held out for a demo).
+    recipe : RecipeOptions, optional
+        Recipe choices.
+
+    Returns
+    -------
+    Path
+        The model folder.
+    """
+    from brainfm.models.checkpoint import save_checkpoint
+    from brainfm.models.data import load_participants, resolve_column, target_matrix
+
+    if not specs:
+        raise UsageError("give at least one --target (e.g. --target age)")
+    ctx = T.setup(opts)
+    ptsv = T.participants_path(deriv_dirs, participants_tsv)
+    frame = load_participants(ptsv)
+    for s in specs:
+        resolve_column(frame, s.column, str(ptsv))
+    site_col = resolve_column(frame, site_column, str(ptsv))
+    skip = {str(p).removeprefix("sub-") for p in exclude}
+    sessions = [s for s in T.load_cohort(deriv_dirs, opts) if s.participant_id not in skip]
+    pids = [s.participant_id for s in sessions]
+    if len(set(pids)) != len(pids):
+        raise UsageError("the ensemble recipe takes one session per participant; pass "
+                         "derivatives with one session each")
+    y = target_matrix(frame, pids, specs, str(ptsv))
+    sites = frame.loc[pids, site_col].astype(str).to_numpy()
+    epochs = pretrain_epochs if pretrain_epochs is not None else (
+        opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs))
+    init = None
+    if epochs > 0:
+        init, _ = T.pretrain(sessions, opts, ctx, epochs=epochs, label="ensemble pretrain")
+    model, info = fit_ensemble(sessions, y, specs, sites, opts, ctx, init=init, recipe=recipe)
+    card = ensemble_card(model, sessions, y, specs, info, deriv_dirs, opts)
+    card["training"].update({"participants_tsv": str(ptsv), "site_column": site_col,
+                             "pretrain_epochs": epochs, "excluded_participants": sorted(skip)})
+    for name, parts in card["metrics"]["inner_out_of_site"].items():
+        LOGGER.info("held-out-site %s: stacked MAE %.3f, linear %.3f, training mean %.3f",
+                    name, parts["stacked"]["mae"], parts["linear"]["mae"],
+                    parts["training_mean"]["mae"])
+    path = save_checkpoint(Path(out_dir), model, card)
+    LOGGER.info("ensemble written to %s", path)
+    return Path(path)

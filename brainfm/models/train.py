@@ -933,8 +933,9 @@ def _denoising(sessions: Sequence[SessionData]) -> str | None:
     return strategies.pop() if len(strategies) == 1 else None
 
 
-def _base_card(kind: str, sessions: Sequence[SessionData], deriv_dirs: Sequence[Path | str],
+def base_card(kind: str, sessions: Sequence[SessionData], deriv_dirs: Sequence[Path | str],
                opts: TrainOptions, cfg: BrainFMConfig) -> dict[str, Any]:
+    """The common part of every model card: atlas, ROIs, sampling, window, training options."""
     card: dict[str, Any] = {
         "kind": kind,
         "atlas": opts.atlas,
@@ -984,7 +985,7 @@ def run_pretrain(deriv_dirs: Sequence[Path | str], out_dir: Path | str, opts: Tr
     model, info = pretrain(sessions, opts, ctx)
     if not ctx.is_main:
         return None
-    card = _base_card("pretrain", sessions, deriv_dirs, opts, model.config)
+    card = base_card("pretrain", sessions, deriv_dirs, opts, model.config)
     card["targets"] = []
     card["training"].update({"n_subjects": info["n_subjects"], "epochs": opts.epochs,
                              "epochs_run": len(info["history"]), "seed": opts.seed,
@@ -995,7 +996,8 @@ def run_pretrain(deriv_dirs: Sequence[Path | str], out_dir: Path | str, opts: Tr
     return Path(path)
 
 
-def _participants_path(deriv_dirs: Sequence[Path | str], explicit: Path | str | None) -> Path:
+def participants_path(deriv_dirs: Sequence[Path | str], explicit: Path | str | None) -> Path:
+    """The targets table: ``explicit``, else the first derivatives folder's participants.tsv."""
     if explicit is not None:
         return Path(explicit)
     return Path(deriv_dirs[0]) / "participants.tsv"
@@ -1049,7 +1051,7 @@ def run_finetune(
     if not specs:
         raise UsageError("give at least one --target (e.g. --target age)")
     ctx = setup(opts)
-    ptsv = _participants_path(deriv_dirs, participants_tsv)
+    ptsv = participants_path(deriv_dirs, participants_tsv)
     frame = load_participants(ptsv)
     for s in specs:
         resolve_column(frame, s.column, str(ptsv))
@@ -1059,7 +1061,7 @@ def run_finetune(
     model, scaler, info = finetune(sessions, y, specs, opts, ctx, init=pre)
     if not ctx.is_main:
         return None
-    card = _base_card("finetune", sessions, deriv_dirs, opts, model.config)
+    card = base_card("finetune", sessions, deriv_dirs, opts, model.config)
     card.update(prediction_card(scaler, specs, model.config, opts))
     card["training"].update({
         "n_subjects": info["n_subjects"], "epochs": opts.epochs,
@@ -1172,7 +1174,7 @@ def run_cv(
     if not specs:
         raise UsageError("give at least one --target (e.g. --target age)")
     ctx = setup(opts)
-    ptsv = _participants_path(deriv_dirs, participants_tsv)
+    ptsv = participants_path(deriv_dirs, participants_tsv)
     frame = load_participants(ptsv)
     group_col = resolve_column(frame, group_by, str(ptsv)) if group_by else None
     if protocol == "leave-group-out" and group_col is None:

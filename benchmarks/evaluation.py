@@ -1,0 +1,162 @@
+"""Evaluation tables of the accuracy benchmark: pooled, per site, per age band, coverage, paired.
+
+Plain functions over the benchmark's fold records (``accuracy.py``): each record holds the test
+predictions of one fold (``predictions``: ``participant_id``, one list per target, and for the
+shipped recipe the interval columns). Everything pools the test predictions of all folds, so
+each subject counts once per protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Age bands of the report (years): label -> [low, high).
+AGE_BANDS = {"< 13": (0.0, 13.0), "13-18": (13.0, 18.0), "18-30": (18.0, 30.0),
+             ">= 30": (30.0, np.inf)}
+
+
+def pooled(records: Sequence[dict[str, Any]], index: dict[str, int], column: str
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Cohort indices and pooled values of one prediction column over all folds."""
+    idx = np.array([index[p] for r in records for p in r["predictions"]["participant_id"]],
+                   dtype=int)
+    values = np.array([np.nan if v is None else v for r in records
+                       for v in r["predictions"][column]], dtype=np.float64)
+    return idx, values
+
+
+def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | int | None]:
+    ok = np.isfinite(y) & np.isfinite(p)
+    y, p = y[ok], p[ok]
+    out: dict[str, float | int | None] = {"n": int(ok.sum()), "mae": None, "mean_error": None,
+                                          "r": None}
+    if y.size:
+        out["mae"] = float(np.mean(np.abs(p - y)))
+        out["mean_error"] = float(np.mean(p - y))
+    if y.size > 2 and y.std() > 0 and p.std() > 0:
+        out["r"] = float(np.corrcoef(y, p)[0, 1])
+    return out
+
+
+def band_table(truth: np.ndarray, idx: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """MAE, mean error and n per age band (``truth`` is the cohort's age)."""
+    age = truth[idx]
+    return {band: _metrics(age[(age >= lo) & (age < hi)], pred[(age >= lo) & (age < hi)])
+            for band, (lo, hi) in AGE_BANDS.items()}
+
+
+def site_table(truth: np.ndarray, sites: np.ndarray, idx: np.ndarray, pred: np.ndarray
+               ) -> dict[str, Any]:
+    """MAE, mean error, r and n per site."""
+    s = sites[idx]
+    return {site: _metrics(truth[idx][s == site], pred[s == site])
+            for site in sorted(set(s.tolist()))}
+
+
+def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndarray,
+             upper: np.ndarray) -> dict[str, Any]:
+    """Share of true values inside ``[lower, upper]``, overall and per age band.
+
+    Parameters
+    ----------
+    truth : ndarray
+        The target of every cohort subject.
+    age : ndarray
+        Age of every cohort subject (for the bands).
+    idx : ndarray of int
+        Cohort indices of the predictions.
+    lower, upper : ndarray
+        Interval bounds, aligned with ``idx``.
+
+    Returns
+    -------
+    dict
+        ``all`` and each band: ``coverage`` and ``n``; plus the median interval ``width``.
+    """
+    y = truth[idx]
+    ok = np.isfinite(y) & np.isfinite(lower) & np.isfinite(upper)
+    inside = (y >= lower) & (y <= upper)
+    a = age[idx]
+
+    def entry(mask: np.ndarray) -> dict[str, Any]:
+        m = mask & ok
+        return {"n": int(m.sum()), "coverage": float(inside[m].mean()) if m.any() else None,
+                "median_width": float(np.median((upper - lower)[m])) if m.any() else None}
+
+    out = {"all": entry(np.ones_like(ok))}
+    for band, (lo, hi) in AGE_BANDS.items():
+        out[band] = entry((a >= lo) & (a < hi))
+    return out
+
+
+def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
+                     n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """MAE of A over MAE of B on the same subjects, with bootstrap CIs.
+
+    Two bootstraps: over subjects, and over groups (sites: whole sites are resampled, which is
+    the honest one when errors are correlated within a site).
+
+    Parameters
+    ----------
+    y, pred_a, pred_b : ndarray of shape (n,)
+        Truth and the two models' predictions of the same subjects.
+    groups : ndarray of shape (n,)
+        Site of each subject.
+    n_boot : int
+        Bootstrap replicates.
+    seed : int
+        Seed.
+
+    Returns
+    -------
+    dict
+        ``ratio``, ``difference`` (MAE A − MAE B), ``ci95_subjects`` and ``ci95_sites`` of the
+        ratio, ``n``.
+    """
+    ok = np.isfinite(y) & np.isfinite(pred_a) & np.isfinite(pred_b)
+    ea, eb, g = np.abs(pred_a[ok] - y[ok]), np.abs(pred_b[ok] - y[ok]), np.asarray(groups)[ok]
+    rng = np.random.default_rng(seed)
+    n = ea.size
+    boot_subjects = []
+    for _ in range(n_boot):
+        s = rng.integers(0, n, n)
+        boot_subjects.append(ea[s].sum() / eb[s].sum())
+    names = np.array(sorted(set(g.tolist())))
+    members = [np.flatnonzero(g == name) for name in names]
+    boot_sites = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, names.size, names.size)
+        s = np.concatenate([members[i] for i in pick])
+        boot_sites.append(ea[s].sum() / eb[s].sum())
+    return {"n": int(n), "ratio": float(ea.mean() / eb.mean()),
+            "difference": float(ea.mean() - eb.mean()),
+            "ci95_subjects": [float(v) for v in np.percentile(boot_subjects, [2.5, 97.5])],
+            "ci95_sites": [float(v) for v in np.percentile(boot_sites, [2.5, 97.5])]}
+
+
+def correlation_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Pearson r with bootstrap 95 % CIs over subjects and over sites."""
+    ok = np.isfinite(y) & np.isfinite(pred)
+    y, pred, g = y[ok], pred[ok], np.asarray(groups)[ok]
+    out: dict[str, Any] = {"n": int(y.size), "r": None, "ci95_subjects": None, "ci95_sites": None}
+    if y.size < 4 or pred.std() == 0:
+        return out
+    out["r"] = float(np.corrcoef(y, pred)[0, 1])
+    rng = np.random.default_rng(seed)
+
+    def r_of(s: np.ndarray) -> float:
+        a, b = y[s], pred[s]
+        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
+
+    subj = [r_of(rng.integers(0, y.size, y.size)) for _ in range(n_boot)]
+    names = np.array(sorted(set(g.tolist())))
+    members = [np.flatnonzero(g == name) for name in names]
+    site = [r_of(np.concatenate([members[i] for i in rng.integers(0, names.size, names.size)]))
+            for _ in range(n_boot)]
+    out["ci95_subjects"] = [float(v) for v in np.nanpercentile(subj, [2.5, 97.5])]
+    out["ci95_sites"] = [float(v) for v in np.nanpercentile(site, [2.5, 97.5])]
+    return out

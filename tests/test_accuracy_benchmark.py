@@ -142,9 +142,9 @@ def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
     folds = {"kfold": acc.outer_folds(cohort, "kfold", seed=0)[:1]}
     tasks = acc.plan_tasks(folds, {"kfold": ["full", "mlp"]}, opts, pretrain_epochs=1)
     assert len(tasks) == 1 and tasks[0]["variants"] == ["full", "mlp"]
-    # the seed ensemble is a task of its own: adding it leaves the other tasks' keys alone
-    with_ensemble = acc.plan_tasks(folds, {"kfold": ["full", "mlp", "ensemble"]}, opts, 1)
-    assert sorted(t["variants"] for t in with_ensemble) == [["ensemble"], ["full", "mlp"]]
+    # the shipped recipe is a task of its own: adding it leaves the other tasks' keys alone
+    with_ensemble = acc.plan_tasks(folds, {"kfold": ["full", "mlp", "recipe"]}, opts, 1)
+    assert sorted(t["variants"] for t in with_ensemble) == [["full", "mlp"], ["recipe"]]
     assert tasks[0]["key"] in {t["key"] for t in with_ensemble}
     train, test = folds["kfold"][0]
     result = acc.train_fold(tasks[0], cohort)
@@ -163,6 +163,45 @@ def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
                                   "kfold")
     assert set(records) == {"full", "mlp"}
     assert records["full"][0]["predictions"]["participant_id"] == cohort.subjects[test].tolist()
+
+
+def test_the_recipe_never_sees_a_test_subject(monkeypatch) -> None:
+    """The shipped recipe's fold: pretraining, every member and the linear member see training
+    subjects only; its parts are reported alone; intervals come with every test prediction."""
+    cohort = _tiny_cohort()
+    seen: dict[str, set[str]] = {"pretrain": set(), "finetune": set(), "val": set()}
+    real_pretrain, real_finetune = T.pretrain, T.finetune
+
+    def spy_pretrain(sessions, *args, **kwargs):
+        seen["pretrain"].update(s.participant_id for s in sessions)
+        return real_pretrain(sessions, *args, **kwargs)
+
+    def spy_finetune(sessions, y, *args, **kwargs):
+        seen["finetune"].update(s.participant_id for s in sessions)
+        seen["val"].update(kwargs.get("val_participants") or ())
+        return real_finetune(sessions, y, *args, **kwargs)
+
+    monkeypatch.setattr(T, "pretrain", spy_pretrain)
+    monkeypatch.setattr(T, "finetune", spy_finetune)
+    folds = {"loso": acc.outer_folds(cohort, "loso", seed=0)[:1]}
+    (task,) = acc.plan_tasks(folds, {"loso": ["recipe"]}, T.TrainOptions(**TINY), 1)
+    train, test = folds["loso"][0]
+    result = acc.train_fold(task, cohort)
+    train_ids, test_ids = set(cohort.subjects[train]), set(cohort.subjects[test])
+    assert seen["finetune"] == train_ids and seen["pretrain"] <= train_ids
+    assert seen["val"] <= train_ids and seen["val"]
+    assert set(result["variants"]) == {"recipe", "recipe-network", "recipe-linear"}
+    recipe = result["variants"]["recipe"]
+    assert np.asarray(recipe["test_pred"]).shape == (test.size, 2)
+    low, high = (np.asarray(recipe["intervals"]["age"][c]) for c in ("age_lower90",
+                                                                       "age_upper90"))
+    assert (low < np.asarray(recipe["test_pred"])[:, 0]).all()
+    assert (high > np.asarray(recipe["test_pred"])[:, 0]).all()
+    assert set(recipe["val_participant_ids"]) == train_ids  # out-of-fold for every one
+    assert np.isnan(np.asarray(result["variants"]["recipe-network"]["test_pred"])[:, 1]).all()
+    records = acc.brainfm_records(cohort, folds["loso"], [task], {task["key"]: result}, "loso")
+    assert "age_lower90" in records["recipe"][0]["predictions"]
+    assert not test_ids & train_ids
 
 
 def _fake_pcp(root: Path, n_per_site: int = 8) -> Path:
@@ -194,16 +233,21 @@ def test_benchmark_command_writes_tables_and_every_fold(tmp_path: Path) -> None:
                                      if k != "threads"}, "atlas": "CC200"}))
     out = tmp_path / "results"
     argv = [str(data), "--out", str(out), "--config", str(config), "--cache",
-            str(tmp_path / "cache" / "abide"), "--variants", "full", "no-pretrain",
-            "--loso-variants", "full"]
+            str(tmp_path / "cache" / "abide"), "--variants", "full", "recipe",
+            "--loso-variants", "recipe"]
     run = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), *argv]
     done = subprocess.run(run, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "accuracy.json").read_text())
     kfold, loso = report["protocols"]["kfold"], report["protocols"]["loso"]
     assert kfold["n_folds"] == 5 and loso["n_folds"] == 2
-    assert set(kfold["summary"]) == {"mean", "ridge", "krr", "full", "no-pretrain"}
-    assert set(loso["summary"]) == {"mean", "ridge", "krr", "full"}
+    parts = {"recipe", "recipe-network", "recipe-linear"}
+    assert set(kfold["summary"]) == {"mean", "ridge", "krr", "full"} | parts
+    assert set(loso["summary"]) == {"mean", "ridge", "krr"} | parts
+    ev = loso["evaluation"]
+    assert set(ev["coverage"]["age"]) == {"50", "90"}
+    assert ev["coverage"]["age"]["90"]["all"]["n"] == 16
+    assert "recipe vs krr" in ev["paired"] and set(ev["sites"]["krr"]) == {"OLIN", "SBL"}
     for block in (kfold, loso):
         for name, folds in block["folds"].items():
             ids = [p for f in folds for p in f["predictions"]["participant_id"]]
@@ -211,6 +255,8 @@ def test_benchmark_command_writes_tables_and_every_fold(tmp_path: Path) -> None:
     text = (out / "accuracy.md").read_text()
     assert "Site-stratified 5-fold CV" in text and "Leave-one-site-out" in text
     assert "kernel ridge" in text and report["meta"]["git_commit"]
+    assert "Interval coverage" in text and "Paired comparison" in text and "per held-out site" \
+        in text
     # a second run reuses every finished training
     cached = sorted((tmp_path / "cache" / "abide-runs").glob("*.json"))
     assert len(cached) == 5 * 2 + 2

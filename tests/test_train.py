@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toy_cohort import N_ROIS, ROIS, TINY, make_toy_cohort
 
 from brainfm.errors import UsageError
 from brainfm.models import train as T
@@ -25,52 +26,15 @@ from brainfm.models.data import (
     load_participants,
     load_sessions,
     target_matrix,
-    write_timeseries,
 )
 from brainfm.models.model import BrainFM
 from brainfm.models.predict import predict_subject
-
-N_ROIS = 16
-ROIS = [f"R{i:02d}" for i in range(N_ROIS)]
-TINY = {"window": 32, "patch_len": 4, "d_model": 16, "n_experts": 2, "ssm_layers": 1,
-        "d_state": 4, "rw_steps": 2, "dropout": 0.0}
-
-
-def _cohort(root: Path, n: int, seed: int, start: int = 0) -> pd.DataFrame:
-    """Subjects whose target sets the coupling of ROIs 0-7 to a shared signal."""
-    rng = np.random.default_rng(seed)
-    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "synthetic", "DatasetType": "derivative"}))
-    rows = []
-    for i in range(start, start + n):
-        target = float(rng.uniform(10, 40))
-        tr = [1.5, 2.0, 2.5][i % 3]
-        n_t = int(rng.integers(100, 140))
-        shared = rng.normal(size=(n_t, 1))
-        data = rng.normal(size=(n_t, N_ROIS))
-        coupling = (target - 10) / 30 * 2.0
-        data[:, :8] += coupling * shared
-        if i % 5 == 0:
-            data[:, 12] = 0.0  # an ROI outside the field of view
-        sub = f"{i:03d}"
-        write_timeseries(
-            root / f"sub-{sub}" / "func"
-            / f"sub-{sub}_task-rest_space-MNI152NLin6Asym_atlas-Toy_stat-mean_timeseries.tsv",
-            data, ROIS, tr, denoising_strategy="synthetic",
-        )
-        rows.append({"participant_id": f"sub-{sub}", "age": round(target, 3),
-                     "score": "n/a" if i % 4 == 0 else round(100 - target, 3),
-                     "site": f"S{i % 3}"})
-    table = pd.DataFrame(rows)
-    table.to_csv(root / "participants.tsv", sep="\t", index=False)
-    return table
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("toy") / "deriv"
-    _cohort(root, 60, seed=1)
+    make_toy_cohort(root, 60, seed=1)
     return root
 
 
@@ -94,7 +58,7 @@ def test_finetune_learns_planted_connectivity_signal(toy: Path, tmp_path: Path) 
     assert val["mae"] < 0.8 * val["mae_training_mean"], val
     # fresh subjects from the same generator
     test_root = tmp_path / "test"
-    truth = _cohort(test_root, 20, seed=99, start=500)
+    truth = make_toy_cohort(test_root, 20, seed=99, start=500)
     card = {"window": TINY["window"], "sampling_rate_hz": 0.5, "roi_names": ROIS,
             "targets": [{"name": "age", "column": "age", "mean": float(scaler.mean[0]),
                          "std": float(scaler.std[0])}]}

@@ -110,6 +110,8 @@ class GroupResult:
         Warnings for the report (participants without known values, ...).
     truth_columns : dict
         Target to the ``participants.tsv`` column of its known values.
+    target_notes : dict
+        Target to the model card's plain-words caveat (e.g. not predictable out of site).
     """
 
     table: pd.DataFrame
@@ -121,6 +123,7 @@ class GroupResult:
     run_qc: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     truth_columns: dict[str, str] = field(default_factory=dict)
+    target_notes: dict[str, str] = field(default_factory=dict)
 
 
 def load_participants(bids_dir: str | Path | None, targets: list[str],
@@ -483,7 +486,9 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
     return GroupResult(table=table, targets=targets, metrics=metrics, correction=correction,
                        expert_weights=read_expert_weights(output_dir),
                        methods=collect_methods_info(output_dir, sidecars), run_qc=run_qc,
-                       notes=notes, truth_columns=truth_columns)
+                       notes=notes, truth_columns=truth_columns,
+                       target_notes={t: n for sc in sidecars
+                                     for t, n in (sc.get("TargetNotes") or {}).items()})
 
 
 def _update_shared_files(output_dir: Path, bids_dir: Path | None) -> None:

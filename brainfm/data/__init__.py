@@ -1,1 +1,1 @@
-"""Package data: atlases, denoising strategies, default model weights."""
+"""Package data: atlases, denoising strategies, default model weights, demo subjects."""

@@ -115,8 +115,20 @@ def _accuracy_section(result: GroupResult) -> Section:
     body = [_metrics_table(result.metrics),
             '<p class="note">MAE and RMSE in the target\'s units; R² is 1 − SS<sub>res</sub>/'
             "SS<sub>tot</sub> of the predictions (not r²). Sessions count separately.</p>"]
+    cards = result.methods.get("model_cards") or [{}]
+    out_of_site = (cards[0] or {}).get("OutOfSiteAccuracy") or {}
     for target in result.targets:
         body.append(f"<h3>{esc(target.replace('_', ' '))}</h3>")
+        if target in out_of_site:
+            acc = out_of_site[target]
+            body.append(
+                '<p class="note">The model\'s measured accuracy on sites it never saw '
+                f"(leave-one-site-out on its training cohort): MAE {format_value(acc.get('mae'))}"
+                f", r {format_value(acc.get('r'))}, 90 % interval coverage "
+                f"{format_value(acc.get('coverage_90'))} (training-mean MAE "
+                f"{format_value(acc.get('training_mean_mae'))}).</p>")
+        if target in result.target_notes:
+            body.append(f'<p class="warning">{esc(result.target_notes[target])}</p>')
         column = result.truth_columns.get(target, target)
         if column != target:
             body.append(f'<p class="note">Known {esc(target.replace("_", " "))}: column '

@@ -121,10 +121,10 @@ def test_folds_partition_subjects_and_loso_holds_out_one_site() -> None:
         assert set(cohort.sites[test]).isdisjoint(cohort.sites[train])
 
 
-def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
-    """Spy on pretraining and fine-tuning: neither ever receives a test subject."""
-    cohort = _tiny_cohort()
-    seen: dict[str, set[str]] = {"pretrain": set(), "finetune": set()}
+@pytest.fixture()
+def seen(monkeypatch) -> dict[str, set[str]]:
+    """Spy on pretraining and fine-tuning: the participants each receives (and validates on)."""
+    seen: dict[str, set[str]] = {"pretrain": set(), "finetune": set(), "val": set()}
     real_pretrain, real_finetune = T.pretrain, T.finetune
 
     def spy_pretrain(sessions, *args, **kwargs):
@@ -133,11 +133,18 @@ def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
 
     def spy_finetune(sessions, y, *args, **kwargs):
         seen["finetune"].update(s.participant_id for s in sessions)
+        seen["val"].update(kwargs.get("val_participants") or ())
         assert len(sessions) == len(y)
         return real_finetune(sessions, y, *args, **kwargs)
 
     monkeypatch.setattr(T, "pretrain", spy_pretrain)
     monkeypatch.setattr(T, "finetune", spy_finetune)
+    return seen
+
+
+def test_a_folds_test_subjects_are_never_seen_in_training(seen) -> None:
+    """Spy on pretraining and fine-tuning: neither ever receives a test subject."""
+    cohort = _tiny_cohort()
     opts = T.TrainOptions(**TINY)
     folds = {"kfold": acc.outer_folds(cohort, "kfold", seed=0)[:1]}
     tasks = acc.plan_tasks(folds, {"kfold": ["full", "mlp"]}, opts, pretrain_epochs=1)
@@ -165,24 +172,10 @@ def test_a_folds_test_subjects_are_never_seen_in_training(monkeypatch) -> None:
     assert records["full"][0]["predictions"]["participant_id"] == cohort.subjects[test].tolist()
 
 
-def test_the_recipe_never_sees_a_test_subject(monkeypatch) -> None:
+def test_the_recipe_never_sees_a_test_subject(seen) -> None:
     """The shipped recipe's fold: pretraining, every member and the linear member see training
     subjects only; its parts are reported alone; intervals come with every test prediction."""
     cohort = _tiny_cohort()
-    seen: dict[str, set[str]] = {"pretrain": set(), "finetune": set(), "val": set()}
-    real_pretrain, real_finetune = T.pretrain, T.finetune
-
-    def spy_pretrain(sessions, *args, **kwargs):
-        seen["pretrain"].update(s.participant_id for s in sessions)
-        return real_pretrain(sessions, *args, **kwargs)
-
-    def spy_finetune(sessions, y, *args, **kwargs):
-        seen["finetune"].update(s.participant_id for s in sessions)
-        seen["val"].update(kwargs.get("val_participants") or ())
-        return real_finetune(sessions, y, *args, **kwargs)
-
-    monkeypatch.setattr(T, "pretrain", spy_pretrain)
-    monkeypatch.setattr(T, "finetune", spy_finetune)
     folds = {"loso": acc.outer_folds(cohort, "loso", seed=0)[:1]}
     (task,) = acc.plan_tasks(folds, {"loso": ["recipe"]}, T.TrainOptions(**TINY), 1)
     train, test = folds["loso"][0]

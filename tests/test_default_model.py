@@ -42,14 +42,43 @@ def test_default_model_card_states_data_metrics_and_terms() -> None:
     assert card["preprocessing"]["nuisance_regressors"] == "pcp"
     assert strategy_matches(card["denoising_strategy"], "pcp")
     assert [t["name"] for t in card["targets"]] == ["age", "fluid_intelligence"]
+    assert "performance IQ" in card["targets"][1]["label"]
     cohort = card["training"]["cohort"]
-    assert cohort["n_subjects"] == 782 and cohort["n_sites"] == 17
+    assert cohort["n_subjects"] == 770 and cohort["n_sites"] == 17
     assert "CC BY-NC-SA" in card["license"] and "non-commercial" in card["terms"]
+    # the shipped recipe: network members stacked with linear members, calibrated intervals
+    ens = card["ensemble"]
+    assert len(ens["members"]) == 3 and {t["name"] for t in ens["targets"]} == {
+        "age", "fluid_intelligence"}
+    assert all(0 < t["interval_halfwidth"]["0.5"] < t["interval_halfwidth"]["0.9"]
+               for t in ens["targets"])
     cv = card["metrics"]["cross_validation"]
     for protocol in ("stratified-kfold", "leave-group-out"):
-        for model in ("full", "krr"):
-            age = cv[protocol][model]["age"]
-            assert 0 < age["mae"]["mean"] < 10 and age["mae"]["sd"] is not None
+        for model in ("recipe", "recipe-linear", "recipe-network", "krr"):
+            age = cv[protocol][model]["age"]["pooled"]
+            assert 0 < age["mae"] < 10 and 0 < age["r"] < 1
+    loso = cv["leave-group-out"]
+    assert 0.5 < loso["coverage"]["age"]["90"] <= 1.0
+    # a target that does not beat the training mean out of site says so in the card
+    piq, mean = (loso[m]["fluid_intelligence"]["pooled"]["mae"] for m in ("recipe", "mean"))
+    if piq >= mean:
+        assert "Not predictable out of site" in card["targets"][1]["note"]
+
+
+def test_demo_subjects_ship_and_were_held_out_of_training() -> None:
+    """The packaged demo subjects are real ABIDE series the default model never trained on."""
+    from importlib import resources
+
+    _, card = load_checkpoint(resolve_model_dir("default"))
+    demo = Path(str(resources.files("brainfm.data") / "demo" / "abide-pcp-cc200"))
+    ids = card["training"]["cohort"]["demo_file_ids"]
+    assert len(ids) == 5
+    excluded = set(card["training"]["excluded_participants"])
+    for fid in ids:
+        assert (demo / "rois_cc200" / f"{fid}_rois_cc200.1D").is_file()
+        assert fid.rsplit("_", 1)[1] in excluded
+    assert fid in (demo / "Phenotypic_V1_0b_preprocessed1.csv").read_text()
+    assert "CC BY-NC-SA" in (demo / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -68,7 +97,13 @@ def test_default_model_predicts_demo_data_offline(tmp_path, no_network, abide_di
     row = pred.iloc[0]
     assert 3 < row["age"] < 80 and 40 < row["fluid_intelligence"] < 160
     assert row["age_std"] >= 0
+    assert row["age_lower90"] < row["age_lower50"] < row["age"] < row["age_upper50"] \
+        < row["age_upper90"]
+    assert str(row["out_of_distribution"]) in {"True", "False"}
     meta = json.loads(tsv.with_suffix(".json").read_text())
+    assert "calibrated" in meta["Description"]
+    assert set(meta["TargetNotes"]) <= {"age", "fluid_intelligence"}
+    assert meta["ModelCard"]["OutOfSiteAccuracy"]["age"]["mae"] > 0
     _, card = load_checkpoint(resolve_model_dir("default"))
     assert meta["ModelSHA256"] == card["weights_sha256"]
 

@@ -9,7 +9,12 @@ import pytest
 from brainfm.errors import InputError, UsageError
 from brainfm.processing.confounds import MOTION_PARAMS
 from brainfm.processing.connectivity import fisher_z, pearson_connectivity
-from brainfm.processing.denoise import DenoiseResult, denoise_roi_signals, trend_regressors
+from brainfm.processing.denoise import (
+    DenoiseResult,
+    denoise_roi_signals,
+    signal_exclusion,
+    trend_regressors,
+)
 
 TR = 2.0
 
@@ -106,6 +111,25 @@ def test_censoring_shapes_and_nan_rois():
     assert (result.high_pass, result.low_pass) == (0.01, 0.1)
     assert result.excluded_reason is None
     assert result.outliers["dummy"].sum() == 4 and result.outliers["outlier"].sum() == 2
+
+
+def test_constant_rois_carry_no_signal_and_an_empty_run_is_excluded():
+    """An all-zero (or constant) ROI is n/a like one outside the field of view; a run where most
+    ROIs carry no signal is excluded with the reason, so no prediction comes from nothing."""
+    n_vols = 80
+    confounds = _confounds(n_vols)
+    signals = np.random.default_rng(3).standard_normal((n_vols, 6))
+    signals[:, 1] = 0.0
+    signals[:, 4] = 7.5
+    result = _run(signals, confounds)
+    assert np.isnan(result.timeseries[:, [1, 4]]).all()
+    assert np.isfinite(result.timeseries[:, [0, 2, 3, 5]]).all()
+    assert signal_exclusion(result.timeseries, "Toy") is None  # 4 of 6 carry a signal
+    empty = _run(np.zeros((n_vols, 6)), confounds)
+    assert np.isnan(empty.timeseries).all()
+    reason = signal_exclusion(empty.timeseries, "CC200")
+    assert reason is not None and reason.startswith("only 0 of 6 CC200 ROIs carry a signal")
+    assert signal_exclusion(np.empty((0, 6)), "CC200").startswith("only 0 of 6")
 
 
 def test_min_time_exclusion():

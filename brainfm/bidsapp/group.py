@@ -415,6 +415,14 @@ def column_descriptions(table: pd.DataFrame, targets: list[str],
                                      "(model and window spread)."
         desc[target] = f"Known {target}: column '{sources.get(target, target)}' of " \
                        "participants.tsv."
+        for level in (50, 90):
+            for side in ("lower", "upper"):
+                desc[f"{target}_pred_{side}{level}"] = (
+                    f"{side.capitalize()} bound of the calibrated central {level} % interval of "
+                    f"{target}_pred (conformal, from held-out-site residuals of the training "
+                    "cohort).")
+    desc["out_of_distribution"] = ("True when the session lies outside what the model's "
+                                   "training cohort covers (see the predictions sidecar).")
     return {c: {"Description": desc[c]} for c in table.columns if c in desc}
 
 

@@ -67,6 +67,12 @@ def prediction_targets(columns: list[str]) -> list[str]:
             if f"{c}_std" in cols and c not in ID_COLUMNS and c not in QC_COLUMNS]
 
 
+def _present_intervals(table: pd.DataFrame, prefix: str) -> list[str]:
+    """The calibrated-interval columns of a target that a table has (``<prefix>_lower90`` ...)."""
+    return [c for level in (50, 90) for side in ("lower", "upper")
+            if (c := f"{prefix}_{side}{level}") in table]
+
+
 def _ids_from_name(path: Path) -> tuple[str, str]:
     sub = re.search(r"(sub-[A-Za-z0-9]+)", path.name)
     ses = re.search(r"_(ses-[A-Za-z0-9]+)", path.name)
@@ -126,13 +132,15 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
         for target in file_targets:
             if target not in targets:
                 targets.append(target)
-            for col in (target, f"{target}_std"):
+            for col in (target, f"{target}_std", *_present_intervals(table, target)):
                 values = pd.to_numeric(table[col], errors="coerce")
                 if (table[col].notna() & values.isna()).any():
                     raise InputError(f"{path}: column '{col}' holds non-numeric values")
                 table[col] = values
         rename = {t: f"{t}_pred" for t in file_targets}
         rename.update({f"{t}_std": f"{t}_pred_std" for t in file_targets})
+        rename.update({c: c.replace(f"{t}_", f"{t}_pred_", 1) for t in file_targets
+                       for c in _present_intervals(table, t)})
         rows.append(table.rename(columns=rename))
         sidecar_path = path.with_suffix(".json")
         sidecar: dict[str, Any] = {}
@@ -155,6 +163,8 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
     columns = list(ID_COLUMNS)
     for target in targets:
         columns += [f"{target}_pred", f"{target}_pred_std"]
+        columns += [c for c in _present_intervals(table, f"{target}_pred")]
+    columns += [c for c in ("out_of_distribution",) if c in table]
     columns += list(QC_COLUMNS)
     table = table.reindex(columns=columns)
     return table.sort_values(list(ID_COLUMNS)).reset_index(drop=True), targets, sidecars

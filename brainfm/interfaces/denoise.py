@@ -19,7 +19,7 @@ from nipype.interfaces.base import (
 from brainfm.derivatives import read_tsv
 from brainfm.interfaces.parcellate import load_parcel_signals
 from brainfm.processing.connectivity import pearson_connectivity
-from brainfm.processing.denoise import denoise_roi_signals
+from brainfm.processing.denoise import denoise_roi_signals, signal_exclusion
 
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                   "framewise_displacement"]
@@ -45,6 +45,13 @@ def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: P
         dummy_scans=dummy_scans, lower_bpf=lower_bpf, upper_bpf=upper_bpf,
         min_time=min_time, confounds_file=str(confounds_file),
     )
+    reason = result.excluded_reason
+    start = 0
+    for label in labels:  # no prediction, no time series from a run without signal
+        stop = start + len(signals[label].roi_names)
+        if reason is None:
+            reason = signal_exclusion(result.timeseries[:, start:stop], label)
+        start = stop
     result.design_matrix.to_csv(out_dir / "design.tsv", sep="\t", index=False, na_rep="n/a")
     result.outliers.to_csv(out_dir / "outliers.tsv", sep="\t", index=False, na_rep="n/a")
     motion = confounds[[c for c in MOTION_COLUMNS if c in confounds.columns]]
@@ -53,7 +60,7 @@ def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: P
         "n_volumes": int(len(result.sample_mask)),
         "n_retained": int(np.sum(result.sample_mask)),
         "retained_seconds": float(result.retained_seconds),
-        "excluded_reason": result.excluded_reason,
+        "excluded_reason": reason,
         "mean_fd": float(np.nanmean(confounds["framewise_displacement"]))
         if "framewise_displacement" in confounds else None,
         "nuisance_regressors": list(result.design_matrix.columns),
@@ -68,7 +75,7 @@ def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: P
         summary["atlases"][label] = {"low_coverage": sig.low_coverage}
         coverage = pd.DataFrame({"Node": sig.roi_names, "coverage": sig.coverage})
         coverage.to_csv(out_dir / f"atlas-{label}_coverage.tsv", sep="\t", index=False)
-        if result.excluded_reason is None:
+        if reason is None:
             denoised = result.timeseries[:, start:stop]
             series = pd.DataFrame(denoised, columns=sig.roi_names)
             series.to_csv(out_dir / f"atlas-{label}_timeseries.tsv", sep="\t", index=False,

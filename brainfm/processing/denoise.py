@@ -110,6 +110,37 @@ def _exclusion_text(retained: float, fd_thresh: float, dummy_scans: int,
     return f"only {retained:.1f} s retained{how} (minimum {min_time:g} s)"
 
 
+#: A run is excluded when fewer than this share of an atlas' ROIs carry a signal.
+MIN_SIGNAL_ROI_FRACTION = 0.5
+
+
+def signal_exclusion(timeseries: np.ndarray, atlas: str) -> str | None:
+    """Why a denoised run carries too little signal to use, or None when it is fine.
+
+    Parameters
+    ----------
+    timeseries : numpy.ndarray, shape (T, N)
+        Denoised ROI signals of one atlas (n/a columns: no signal).
+    atlas : str
+        Atlas label, for the message.
+
+    Returns
+    -------
+    str or None
+        The exclusion reason when fewer than :data:`MIN_SIGNAL_ROI_FRACTION` of the ROIs have a
+        finite, non-constant signal.
+    """
+    x = np.asarray(timeseries, dtype=np.float64)
+    n = x.shape[1]
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(x), axis=0) & (np.ptp(np.nan_to_num(x), axis=0) > 0) \
+            if x.shape[0] else np.zeros(n, dtype=bool)
+    if n and ok.sum() < MIN_SIGNAL_ROI_FRACTION * n:
+        return (f"only {int(ok.sum())} of {n} {atlas} ROIs carry a signal (the BOLD is empty, "
+                "constant or outside the brain mask there); check the preprocessed run")
+    return None
+
+
 def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: float,
                         strategy: str, fd_thresh: float, dummy_scans: int,
                         lower_bpf: float | None, upper_bpf: float | None, min_time: float,
@@ -227,6 +258,9 @@ def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: 
     out = np.full((n_keep, n_rois), np.nan)
     usable = np.all(np.isfinite(signals), axis=0)
     partial = ~usable & np.any(np.isfinite(signals), axis=0)
+    with np.errstate(invalid="ignore"):
+        usable &= np.ptp(np.where(np.isfinite(signals), signals, 0.0)[keep], axis=0) > 0
+    # a constant (e.g. all-zero) ROI carries no signal: n/a, like one outside the field of view
     if partial.any():
         LOGGER.warning("%d ROI(s) have some non-finite values and are set to n/a",
                        int(partial.sum()))

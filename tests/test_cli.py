@@ -63,3 +63,22 @@ def test_use_plugin_file_is_checked(tmp_path, capsys):
     assert main([str(tmp_path / "bids"), str(tmp_path / "out"), "group",
                  "--use-plugin", str(bad)]) == 64
     assert "'plugin' key" in capsys.readouterr().err
+
+
+def test_relative_model_folder_is_made_absolute_at_parse_time(tmp_path, monkeypatch):
+    """The predict node runs in its own work folder: a relative --model must not depend on it."""
+    from brainfm.bidsapp.cli import build_parser
+    from brainfm.bidsapp.config import from_args
+
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    (bids / "derivatives" / "fmriprep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                      "--model", "models/mine"])
+    assert from_args(args).model == str(tmp_path / "models" / "mine")
+    for keyword in ("default", "none"):
+        args = build_parser().parse_args([str(bids), str(tmp_path / "out"), "participant",
+                                          "--model", keyword])
+        assert from_args(args).model == keyword

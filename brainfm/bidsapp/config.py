@@ -205,10 +205,18 @@ def from_args(args: Any) -> Config:
         poll_sleep=args.poll_sleep,
         bias_correction=args.bias_correction,
         reference_ages=Path(args.reference_ages).absolute() if args.reference_ages else None,
-        model=args.model or "default",
+        model=_model_argument(args.model),
         model_explicit=args.model is not None,
         allow_model_mismatch=args.allow_model_mismatch,
         device=args.device,
         plugin=plugin,
         plugin_args=plugin_args,
     )
+
+
+def _model_argument(value: str | None) -> str:
+    """``--model``: ``default``/``none`` as given, a folder made absolute now (the predict node
+    runs in its own work folder, where a relative path would point elsewhere)."""
+    if value is None or value.lower() in {"default", "none"}:
+        return value or "default"
+    return str(Path(value).expanduser().absolute())

@@ -132,6 +132,18 @@ def test_constant_rois_carry_no_signal_and_an_empty_run_is_excluded():
     assert signal_exclusion(np.empty((0, 6)), "CC200").startswith("only 0 of 6")
 
 
+@pytest.mark.parametrize("value", [np.nan, "high"])
+def test_unusable_fd_stops_censoring_instead_of_silently_keeping_volumes(value):
+    n_vols = 60
+    confounds = _confounds(n_vols)
+    confounds["framewise_displacement"] = confounds["framewise_displacement"].astype(object)
+    confounds.loc[1:, "framewise_displacement"] = value
+    signals = np.random.default_rng(4).standard_normal((n_vols, 3))
+    with pytest.raises(InputError, match="framewise_displacement is n/a or not a number in 59"):
+        _run(signals, confounds, fd_thresh=0.5, confounds_file="sub-01_confounds.tsv")
+    assert _run(signals, confounds, fd_thresh=0.0).excluded_reason is None  # censoring off
+
+
 def test_min_time_exclusion():
     n_vols = 100
     fd = np.full(n_vols, 0.1)

@@ -221,6 +221,14 @@ def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: 
 
     if "framewise_displacement" in confounds.columns:
         fd = pd.to_numeric(confounds["framewise_displacement"], errors="coerce").to_numpy(float)
+        missing = np.flatnonzero(~np.isfinite(fd[1:])) + 1  # fMRIPrep leaves only the first n/a
+        if fd_thresh is not None and fd_thresh > 0 and missing.size:
+            raise InputError(
+                f"confounds file {where}: framewise_displacement is n/a or not a number in "
+                f"{missing.size} volume(s) after the first (e.g. row {int(missing[0]) + 1}), so "
+                f"censoring at FD > {fd_thresh:g} mm cannot be applied; use the confounds file "
+                "fMRIPrep wrote for this run, or --fd-thresh 0 to turn censoring off"
+            )
     elif fd_thresh is not None and fd_thresh > 0:
         raise InputError(
             f"confounds file {where} has no framewise_displacement column, needed for "

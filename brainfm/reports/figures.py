@@ -567,8 +567,10 @@ def plot_connectivity(matrix: Any, labels: Sequence[str] | None = None, title: s
 
 
 def plot_prediction_intervals(names: Sequence[str], values: Sequence[float],
-                              stds: Sequence[float]) -> str:
-    """One participant's predictions with ±1 and ±2 standard-deviation intervals.
+                              stds: Sequence[float],
+                              intervals: Sequence[tuple[float, float, float, float] | None]
+                              | None = None) -> str:
+    """One participant's predictions with their intervals.
 
     Parameters
     ----------
@@ -576,6 +578,8 @@ def plot_prediction_intervals(names: Sequence[str], values: Sequence[float],
         Target names.
     values, stds : sequence of float
         Predictions and their predictive standard deviations.
+    intervals : sequence of (lower50, upper50, lower90, upper90) or None, optional
+        Calibrated intervals (drawn instead of ±1 and ±2 standard deviations where given).
 
     Returns
     -------
@@ -584,17 +588,21 @@ def plot_prediction_intervals(names: Sequence[str], values: Sequence[float],
     """
     k = len(names)
     fig = new_figure(4.2 * k, 1.6)
-    for i, (name, value, std) in enumerate(zip(names, values, stds, strict=True)):
+    bounds = list(intervals) if intervals is not None else [None] * k
+    for i, (name, value, std, box) in enumerate(zip(names, values, stds, bounds, strict=True)):
         ax = fig.add_subplot(1, k, i + 1)
         std = float(std) if np.isfinite(std) else 0.0
-        ax.plot([value - 2 * std, value + 2 * std], [0, 0], color="#9db3d3", lw=6,
-                solid_capstyle="butt")
-        ax.plot([value - std, value + std], [0, 0], color=_POINT, lw=6, solid_capstyle="butt")
+        lo50, hi50, lo90, hi90 = box if box is not None and np.all(np.isfinite(box)) else (
+            value - std, value + std, value - 2 * std, value + 2 * std)
+        ax.plot([lo90, hi90], [0, 0], color="#9db3d3", lw=6, solid_capstyle="butt")
+        ax.plot([lo50, hi50], [0, 0], color=_POINT, lw=6, solid_capstyle="butt")
         ax.plot([value], [0], "o", color="white", mec="k", ms=8)
         ax.set_yticks([])
-        span = max(4 * std, abs(value) * 0.1, 1.0)
+        span = max(value - lo90, hi90 - value, abs(value) * 0.05, 0.5) * 1.15
         ax.set_xlim(value - span, value + span)
-        ax.set_title(f"{_pretty(name)}: {value:.1f} ± {std:.1f}", fontsize=10)
+        label = (f"{value:.1f} [{lo90:.1f}, {hi90:.1f}]" if box is not None
+                 else f"{value:.1f} ± {std:.1f}")
+        ax.set_title(f"{_pretty(name)}: {label}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return figure_to_base64(fig)

@@ -199,25 +199,46 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         row = table.iloc[0]
         session = str(row.get("session_id", "n/a"))
         title = f"session {session}" if session != "n/a" else "predictions"
-        values = [float(pd.to_numeric(row[t], errors="coerce")) for t in targets]
-        stds = [float(pd.to_numeric(row[f"{t}_std"], errors="coerce")) for t in targets]
+        def num(column: str, row: pd.Series = row) -> float:
+            return float(pd.to_numeric(row.get(column, np.nan), errors="coerce"))
+
+        values = [num(t) for t in targets]
+        stds = [num(f"{t}_std") for t in targets]
+        calibrated = all(f"{t}_lower90" in row for t in targets)
+        intervals = [tuple(num(f"{t}_{side}{lv}") for lv in (50, 90) for side in ("lower",
+                                                                                 "upper"))
+                     for t in targets] if calibrated else None
+        side = _read_json(path.with_suffix(".json"))
         body.append(f"<h3>{esc(title)}</h3>")
         shown = pd.DataFrame({"target": targets, "predicted": values, "std": stds})
-        body.append(html_table(shown, text_columns=["target"]))
+        if intervals is not None:
+            shown["50 % interval"] = [f"{b[0]:.1f} – {b[1]:.1f}" for b in intervals]
+            shown["90 % interval"] = [f"{b[2]:.1f} – {b[3]:.1f}" for b in intervals]
+        body.append(html_table(shown, text_columns=["target", "50 % interval",
+                                                    "90 % interval"]))
+        for target, note in (side.get("TargetNotes") or {}).items():
+            body.append(f'<p class="warning"><strong>{esc(target)}</strong>: {esc(note)}</p>')
+        if str(row.get("out_of_distribution", "")).lower() == "true":
+            body.append('<p class="warning">Out of distribution: this session\'s connectivity '
+                        "(or its predicted age) lies outside what the model's training cohort "
+                        "covers; treat the predictions with caution.</p>")
         finite = [k for k, v in enumerate(values) if np.isfinite(v)]
         if finite:
             body.append(figures.img_tag(figures.plot_prediction_intervals(
                 [targets[k] for k in finite], [values[k] for k in finite],
-                [stds[k] for k in finite]), f"{title}: predictions"))
+                [stds[k] for k in finite],
+                [intervals[k] for k in finite] if intervals is not None else None),
+                f"{title}: predictions"))
         elif targets:
             body.append("<p class=\"note\">No prediction: no run of this session passed "
                         "QC (see the summary).</p>")
         extra = {k: row[k] for k in ("n_runs", "retained_seconds") if k in row}
         if extra:
+            bars = ("calibrated 50 % and 90 % intervals" if intervals is not None
+                    else "±1 and ±2 predictive standard deviations")
             body.append(f"<p class=\"note\">From {format_value(extra.get('n_runs'))} run(s), "
                         f"{format_value(extra.get('retained_seconds'), 0)} s of retained "
-                        "data. Bars: ±1 and ±2 predictive standard deviations.</p>")
-        side = _read_json(path.with_suffix(".json"))
+                        f"data. Bars: {bars}.</p>")
         if side.get("ModelSHA256"):
             body.append(f"<p class=\"note\">Model SHA-256 <code>{esc(side['ModelSHA256'])}"
                         "</code>.</p>")

@@ -377,8 +377,10 @@ def merge_group_table(predictions: pd.DataFrame, targets: list[str],
     Returns
     -------
     pandas.DataFrame
-        ``participant_id``, ``session_id``, per target ``<t>_pred``, ``<t>_pred_std`` and the
-        known ``<t>`` (when known for anyone), then ``n_runs``, ``n_runs_excluded``,
+        ``participant_id``, ``session_id``, per target ``<t>_pred``, ``<t>_pred_std``, the
+        calibrated intervals (``<t>_pred_lower90`` ...) when the model gives them and the
+        known ``<t>`` (when known for anyone), then ``out_of_distribution`` (when given),
+        ``n_runs``, ``n_runs_excluded``,
         ``retained_seconds``, ``mean_fd`` and the extra columns.
     """
     table = predictions.copy()
@@ -407,9 +409,11 @@ def merge_group_table(predictions: pd.DataFrame, targets: list[str],
                            len(unknown), ", ".join(unknown[:10]))
     columns = list(ID_COLUMNS)
     for target in targets:
-        columns += [f"{target}_pred", f"{target}_pred_std"]
+        columns += [f"{target}_pred", f"{target}_pred_std",
+                    *_present_intervals(table, f"{target}_pred")]
         if target in known:
             columns.append(target)
+    columns += [c for c in ("out_of_distribution",) if c in table]
     columns += ["n_runs", "n_runs_excluded", "retained_seconds", "mean_fd", *extras]
     return table.reindex(columns=columns)
 

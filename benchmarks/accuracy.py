@@ -604,7 +604,7 @@ def _fmt(entry: dict[str, Any], digits: int = 2) -> str:
 
 
 def _num(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 def _ci(v: list[float] | None, digits: int = 2) -> str:
@@ -681,7 +681,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Cohort: {meta['n_subjects']} subjects, {meta['n_sites']} sites; PIQ known for "
         f"{meta['n_piq']}. brainfm configuration: `{meta['config']}` "
         f"({meta['pretrain_epochs']} pretraining epochs, up to {meta['options']['epochs']} "
-        "fine-tuning epochs with early stopping on an inner validation split).",
+        "fine-tuning epochs with early stopping on held-out training subjects: whole inner "
+        "sites for the recipe's members, a random 15 % for single networks).",
         "",
         "Values are mean ± SD across folds (Pearson r and R² per fold; LOSO folds are single "
         "sites, some small, so their per-fold r is noisy: the pooled column pools every test "
@@ -697,8 +698,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {block['titles'][name]} | {_fmt(a['mae'])} | {_fmt(a['r'])} | "
                 f"{_fmt(a['r2'])} | {_fmt(q['mae'])} | {_fmt(q['r'])} | {_fmt(q['r2'])} | "
-                f"{a['pooled']['mae']:.2f} / {a['pooled']['r']:.2f} | "
-                f"{q['pooled']['mae']:.2f} / {q['pooled']['r']:.2f} |")
+                f"{_num(a['pooled']['mae'])} / {_num(a['pooled']['r'])} | "
+                f"{_num(q['pooled']['mae'])} / {_num(q['pooled']['r'])} |")
         lines += render_evaluation(block)
         lines += ["", "Brain-age gap (predicted − true age) correlation with age, before and "
                   "after a linear bias correction fitted on held-out predictions of the training "

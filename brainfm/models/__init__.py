@@ -5,6 +5,7 @@ Usable as a plain PyTorch library: nothing here imports :mod:`brainfm.bidsapp` o
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_model_dir, save_checkpoint
+from .ensemble import BrainFMEnsemble
 from .lmae import LMAE, local_span_mask, random_token_mask
 from .model import BrainFM, BrainFMConfig, ModelOutput, fisher_z_connectivity, gaussian_nll
 from .rwmoe import RWMoE, connectivity_graph, load_balancing_loss, random_walk_matrix
@@ -15,6 +16,7 @@ __all__ = [
     "RWMoE",
     "BrainFM",
     "BrainFMConfig",
+    "BrainFMEnsemble",
     "CheckpointError",
     "MambaBlock",
     "ModelOutput",

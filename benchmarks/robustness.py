@@ -7,8 +7,9 @@ For each of the default model's twelve held-out ABIDE subjects (``HOLDOUT_FILE_I
 1. predicts from the subject's original PCP CC200 series (the training pipeline);
 2. paints the same series into a synthetic fMRIPrep-style BOLD run with the test-data maker
    (head motion with a planted motion artefact, thermal noise; the site's repetition time and the
-   series' full length), runs ``brainfm participant`` on it with its defaults (``pcp`` denoising,
-   the packaged model), and reads its predictions and its CC200 time series;
+   series' full length), runs ``brainfm participant`` on it with its defaults (``pcp`` denoising;
+   ``--model none``), and predicts from its CC200 time series with the model, as the participant
+   level's predict node does (``predict_subject`` on the same files);
 
 and reports the absolute change of the age prediction between the two, for the shipped model
 and for ridge regression (kernel ridge with a correlation kernel on Fisher-z connectivity, raw
@@ -87,9 +88,11 @@ def run_participant(data_dir: Path, fid: str, site_tr: float, n_volumes: int, wo
     subprocess.run(["brainfm-make-testdata", str(out / "data"), "--subjects", "1",
                     "--abide-dir", str(data_dir), "--abide-file-id", fid, "--tr", str(site_tr),
                     "--volumes", str(n_volumes), "--overwrite"], check=True, env=env)
+    # the model stage runs below on these outputs with the same function as the predict node
+    # (predict_subject), so that the model can change without rerunning the pipeline
     subprocess.run(["brainfm", str(out / "data" / "bids"), str(deriv), "participant",
-                    "-w", str(out / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1"],
-                   check=True, env=env)
+                    "-w", str(out / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1",
+                    "--model", "none"], check=True, env=env)
     done.write_text(json.dumps({"fid": fid}))
     return deriv
 
@@ -125,14 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                               ABIDE_SITE_TR[site]))
         deriv = run_participant(args.data, fid, ABIDE_SITE_TR[site], n_volumes, args.work,
                                 args.nprocs)
-        pred_file = next(deriv.glob("sub-01/func/sub-01_desc-brainfm_predictions.tsv"))
-        painted = float(read_tsv(pred_file)["age"].iloc[0])
         ts_file = next(deriv.glob("sub-01/func/sub-01_*atlas-CC200_stat-mean_timeseries.tsv"))
         meta = json.loads(ts_file.with_suffix(".json").read_text())
         table = read_tsv(ts_file)
-        painted_session = session_from_arrays(
-            [(table.to_numpy(dtype=float), float(meta["RepetitionTime"]))],
-            list(table.columns), session.sampling_rate_hz)
+        runs = [(table.to_numpy(dtype=float), float(meta["RepetitionTime"]))]
+        painted = predict_subject(model, card, runs)["predictions"]["age"]
+        painted_session = session_from_arrays(runs, list(table.columns),
+                                              session.sampling_rate_hz)
         rows.append({
             "file_id": fid, "site": site, "age": float(cohort.targets[index[label], 0]),
             "volumes": n_volumes,

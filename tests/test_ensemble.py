@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from toy_cohort import ROIS, TINY, make_toy_cohort
 
@@ -192,5 +193,12 @@ def test_brainfm_train_ensemble_cli(toy: Path, tmp_path: Path, single_torch_thre
     assert card["training"]["excluded_participants"] == ["000"]
     assert card["training"]["n_subjects"] == 47
     assert "stacked" in card["metrics"]["inner_out_of_site"]["age"]
+    pred_tsv = tmp_path / "pred.tsv"
+    assert main(["predict", "--model", str(out), str(toy), "-o", str(pred_tsv)]) == 0
+    table = pd.read_csv(pred_tsv, sep="\t")
+    assert list(table.columns) == ["participant_id", "age", "age_std", *interval_columns("age"),
+                                   "out_of_distribution"]
+    assert (table["age_lower90"] < table["age"]).all() and (table["age"] < table["age_upper90"]
+                                                             ).all()
     assert main(["ensemble", str(toy), "--atlas", "Toy", "--target", "age", "--members", "1",
                  "-o", str(tmp_path / "bad")]) == 64

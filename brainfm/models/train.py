@@ -50,6 +50,7 @@ from brainfm.models.data import (
     resolve_column,
     target_matrix,
 )
+from brainfm.models.ensemble import interval_columns
 from brainfm.models.model import BrainFM, BrainFMConfig, gaussian_nll
 from brainfm.models.predict import predict_subject
 
@@ -1348,8 +1349,11 @@ def run_predict(
         row: dict[str, Any] = {"participant_id": f"sub-{s.participant_id}",
                                "session_id": f"ses-{s.session_id}" if s.session_id else "n/a"}
         for t in targets:
-            row[t["name"]] = res["predictions"][t["name"]]
-            row[f"{t['name']}_std"] = res["predictions"][f"{t['name']}_std"]
+            for column in (t["name"], f"{t['name']}_std", *interval_columns(t["name"])):
+                if column in res["predictions"]:  # ensembles add calibrated intervals
+                    row[column] = res["predictions"][column]
+        if "ood" in res:
+            row["out_of_distribution"] = res["ood"]
         rows.append(row)
     table = pd.DataFrame(rows)
     if table["session_id"].eq("n/a").all():

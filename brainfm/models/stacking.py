@@ -205,6 +205,8 @@ def fit_ensemble(
     sites = np.asarray(sites).astype(str)
     pids = [s.participant_id for s in sessions]
     n = len(sessions)
+    if len(set(pids)) != n:
+        raise InputError(f"{label}: the recipe takes one session per participant")
     if n < 2 * recipe.n_members:
         raise InputError(f"{label}: {n} subjects are too few for {recipe.n_members} members")
     folds = inner_site_folds(sites, recipe.n_members, opts.seed)
@@ -216,6 +218,7 @@ def fit_ensemble(
                            for k, nm in enumerate(names)])
     members, member_specs, member_info = [], [], []
     net_oof = np.full((n, len(net_names)), np.nan)
+    pos = {p: i for i, p in enumerate(pids)}
     for m, held in enumerate(folds if net_names else []):
         m_opts = T.TrainOptions(**opts.to_dict())
         m_opts.seed = opts.seed + m
@@ -223,7 +226,6 @@ def fit_ensemble(
         model, scaler, info = T.finetune(
             sessions, y_t[:, net_cols], [TargetSpec(nm, nm) for nm in net_names], m_opts, ctx,
             init=init, label=f"{label} member {m + 1}/{len(folds)}", val_participants=val)
-        pos = {p: i for i, p in enumerate(pids)}
         for p, row in zip(info["val_participant_ids"], info["val_predictions"], strict=True):
             net_oof[pos[p]] = row
         members.append(model)

@@ -51,6 +51,7 @@ from brainfm.models.baselines import (
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir
 from brainfm.models.cli import load_options
 from brainfm.models.data import session_from_arrays
+from brainfm.models.ensemble import session_edges
 from brainfm.models.predict import predict_subject
 from brainfm.testdata.signals import ABIDE_SITE_TR
 
@@ -72,8 +73,7 @@ def fit_ridge(cohort: Any, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, f
 def ridge_predict(fit: tuple[np.ndarray, np.ndarray, float], conn: np.ndarray) -> float:
     """Ridge prediction from one session's connectivity."""
     weight, center, intercept = fit
-    z = correlation_features(connectivity_features([conn]))[0]
-    return float((z - center) @ weight + intercept)
+    return float((session_edges(conn) - center) @ weight + intercept)
 
 
 def run_participant(data_dir: Path, fid: str, site_tr: float, n_volumes: int, work: Path,

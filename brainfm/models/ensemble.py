@@ -63,6 +63,25 @@ def session_edges(conn: np.ndarray) -> np.ndarray:
     return correlation_features(connectivity_features([conn]))[0]
 
 
+def similarity_to_center(edges: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Cosine similarity of rows of unit-norm edges with a cohort's mean edge vector.
+
+    Parameters
+    ----------
+    edges : ndarray of shape (n, p) or (p,)
+        Normalised edges (:func:`session_edges`).
+    center : ndarray of shape (p,)
+        The training cohort's mean of those edges.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        The similarities (the out-of-distribution score).
+    """
+    norm = float(np.linalg.norm(center))
+    return np.atleast_2d(edges) @ center / (norm if norm > 0 else 1.0)
+
+
 class LinearMember(nn.Module):
     """Ridge regression on normalised connectivity edges, in primal form.
 
@@ -92,9 +111,7 @@ class LinearMember(nn.Module):
 
     def similarity(self, edges: np.ndarray) -> np.ndarray:
         """Cosine similarity of normalised edges with the training cohort's mean pattern."""
-        c = self.center.cpu().numpy()
-        norm = float(np.linalg.norm(c))
-        return np.atleast_2d(edges) @ c / (norm if norm > 0 else 1.0)
+        return similarity_to_center(edges, self.center.cpu().numpy())
 
 
 class BrainFMEnsemble(nn.Module):

@@ -44,6 +44,7 @@ from brainfm.models.ensemble import (
     TRANSFORMS,
     BrainFMEnsemble,
     member_targets,
+    similarity_to_center,
 )
 from brainfm.models.model import BrainFM, BrainFMConfig
 
@@ -271,8 +272,7 @@ def fit_ensemble(
             "network": None if network is None else inverse(network).tolist(),
             "stacked": inverse(stacked).tolist(),
         }
-    similarity = edges @ linear_fits[names[0]]["center"] / max(
-        float(np.linalg.norm(linear_fits[names[0]]["center"])), 1e-12)
+    similarity = similarity_to_center(edges, linear_fits[names[0]]["center"])
     spec = {
         "members": member_specs,
         "targets": target_specs,

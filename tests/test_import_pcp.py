@@ -3,66 +3,21 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from fake_pcp import N_ROIS, make_fake_pcp
 
 from brainfm.errors import InputError, UsageError
 from brainfm.importers.cli import main
 from brainfm.importers.pcp import SITE_REPETITION_TIME, import_pcp, parse_tr_overrides
 from brainfm.models.data import find_timeseries, load_participants, load_sessions
 
-N_ROIS = 200
-SUBJECTS = [  # FILE_ID, SUB_ID, SITE_ID, age, sex, dx, PIQ, T
-    ("Olin_0050102", 50102, "OLIN", 14.0, 1, 2, -9999, 40),
-    ("Olin_0050103", 50103, "OLIN", 22.5, 2, 1, 110, 40),
-    ("SBL_0051556", 51556, "SBL", 35.0, 1, 1, 95, 30),
-]
-
-
-def _fake_1d(rng: np.random.Generator, n_t: int, zero_col: int | None = None) -> str:
-    data = rng.normal(scale=10, size=(n_t, N_ROIS))
-    if zero_col is not None:
-        data[:, zero_col] = 0.0
-    head = "\t".join(f"#{k}" for k in range(1, N_ROIS + 1))
-    rows = ["\t".join(f"{v:.6f}" for v in row) for row in data]
-    return head + "\n" + "\n".join(rows) + "\n"
-
-
-def _fake_pcp(root: Path, archive: bool = False, extra_site: bool = False) -> Path:
-    rng = np.random.default_rng(0)
-    rois = root / "rois_cc200"
-    rois.mkdir(parents=True)
-    subjects = list(SUBJECTS)
-    if extra_site:
-        subjects.append(("Mars_0099999", 99999, "MARS", 40.0, 1, 2, 100, 30))
-    for i, (fid, *_rest, n_t) in enumerate(subjects):
-        text = _fake_1d(rng, n_t, zero_col=5 if i == 1 else None)
-        (rois / f"{fid}_rois_cc200.1D").write_text(text)
-    pheno = pd.DataFrame(
-        [
-            {"SUB_ID": s, "subject": s, "SITE_ID": site, "FILE_ID": fid, "DX_GROUP": dx,
-             "AGE_AT_SCAN": age, "SEX": sex, "FIQ": "", "VIQ": 100, "PIQ": piq,
-             "func_mean_fd": 0.1}
-            for fid, s, site, age, sex, dx, piq, _ in subjects
-        ]
-    )
-    pheno.to_csv(root / "Phenotypic_V1_0b_preprocessed1.csv", index=False)
-    if archive:
-        with tarfile.open(root / "rois_cc200.tar.xz", "w:xz") as tar:
-            tar.add(rois, arcname="rois_cc200")
-        for f in rois.iterdir():
-            f.unlink()
-        rois.rmdir()
-    return root
-
 
 @pytest.mark.parametrize("archive", [False, True])
 def test_import_synthetic(tmp_path: Path, archive: bool) -> None:
-    src = _fake_pcp(tmp_path / "pcp", archive=archive)
+    src = make_fake_pcp(tmp_path / "pcp", archive=archive)
     out = tmp_path / "deriv"
     summary = import_pcp(src, out)
     assert summary.n_subjects == 3 and summary.masked_rois == 1
@@ -99,7 +54,7 @@ def test_import_synthetic(tmp_path: Path, archive: bool) -> None:
 
 
 def test_unknown_site_and_override(tmp_path: Path) -> None:
-    src = _fake_pcp(tmp_path / "pcp", extra_site=True)
+    src = make_fake_pcp(tmp_path / "pcp", extra_site=True)
     with pytest.raises(UsageError, match="MARS"):
         import_pcp(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -115,7 +70,7 @@ def test_unknown_site_and_override(tmp_path: Path) -> None:
 
 
 def test_failed_import_leaves_nothing(tmp_path: Path) -> None:
-    src = _fake_pcp(tmp_path / "pcp")
+    src = make_fake_pcp(tmp_path / "pcp")
     bad = src / "rois_cc200" / "SBL_0051556_rois_cc200.1D"
     bad.write_text("#1\t#2\n1\tx\n2\t3\n")
     with pytest.raises(InputError, match="SBL_0051556"):
@@ -127,7 +82,7 @@ def test_failed_import_leaves_nothing(tmp_path: Path) -> None:
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pcp", str(tmp_path / "missing"), str(tmp_path / "out")]) == 66
     assert "brainfm-import: error:" in capsys.readouterr().err
-    src = _fake_pcp(tmp_path / "pcp")
+    src = make_fake_pcp(tmp_path / "pcp")
     assert main(["pcp", str(src), str(tmp_path / "out"), "--atlas", "cc999"]) == 64
     assert main(["pcp", str(src), str(tmp_path / "out"), "--tr-override", "SBL=2.0"]) == 0
     meta = json.loads(next((tmp_path / "out").glob("sub-0051556/func/*.json")).read_text())

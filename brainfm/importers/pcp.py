@@ -37,7 +37,9 @@ import numpy as np
 import pandas as pd
 
 from brainfm import __version__
-from brainfm.errors import InputError, UsageError
+from brainfm.derivatives import check_output_folder
+from brainfm.errors import InputError, ProcessingError, UsageError
+from brainfm.importers.phenotype import check_pcp_phenotype
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ SPACE = "MNI152NLin6Asym"
 TASK = "rest"
 DENOISING_STRATEGY = "pcp-cpac-filt_global"
 PHENOTYPE_NAME = "Phenotypic_V1_0b_preprocessed1.csv"
-_MISSING = -9999.0
 
 _PARTICIPANTS_JSON = {
     "participant_id": {"Description": "sub- followed by the ABIDE SUB_ID, zero-padded to 7 digits"},
@@ -197,34 +198,26 @@ def read_phenotype(path: Path) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Indexed by ``FILE_ID``; ``-9999`` and empty cells are NaN.
+        Indexed by ``FILE_ID``; ``-9999`` and empty cells are NaN
+        (see :func:`~brainfm.importers.phenotype.check_pcp_phenotype`).
 
     Raises
     ------
     InputError
-        Missing file or missing required columns.
+        Missing file, missing required columns, or a value that cannot be read (naming the
+        line).
     """
     if not path.is_file():
         raise InputError(f"phenotype file not found: {path} (pass --phenotype)")
     try:
-        frame = pd.read_csv(path, na_values=["-9999", "-9999.0", ""], keep_default_na=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(f"cannot read phenotype file {path}: {exc}") from exc
     need = {"SUB_ID", "SITE_ID", "FILE_ID", "AGE_AT_SCAN", "SEX", "DX_GROUP"}
     missing = sorted(need - set(frame.columns))
     if missing:
         raise InputError(f"{path} lacks the PCP columns {', '.join(missing)}")
-    frame = frame[frame["FILE_ID"].notna() & (frame["FILE_ID"].astype(str) != "no_filename")]
-    frame = frame.assign(FILE_ID=frame["FILE_ID"].astype(str))
-    return frame.drop_duplicates("FILE_ID").set_index("FILE_ID")
-
-
-def _num(value: object) -> float:
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
-    return float("nan") if out == _MISSING else out
+    return check_pcp_phenotype(frame, path)
 
 
 def _fmt(value: float) -> str:
@@ -377,7 +370,10 @@ def import_pcp(
     InputError
         Missing or malformed source files, or no subject matched the phenotype sheet.
     UsageError
-        ``out`` is not empty, the atlas is unsupported, or a site has no known repetition time.
+        ``out`` is a file, not writable, inside the source or not empty; the atlas is
+        unsupported, or a site has no known repetition time.
+    ProcessingError
+        Writing failed (disk full); nothing was published.
     """
     start = time.perf_counter()
     src, out = Path(src), Path(out)
@@ -394,11 +390,20 @@ def import_pcp(
             f"no repetition time known for site(s) {', '.join(unknown)}; "
             "pass --tr-override SITE=SECONDS"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    check_output_folder(out, "output folder")
+    if where.is_dir() and where.resolve() in (out.resolve(), *out.resolve().parents):
+        raise UsageError(f"output folder {out} is inside the source {where}; brainfm never "
+                         "writes into its inputs: choose another folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output folder {out} exists and is not empty (use --overwrite)")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+    except OSError as exc:
+        raise ProcessingError(f"cannot write beside {out}: {exc}") from exc
     summary = ImportSummary(out_dir=out, n_subjects=0)
     rows: list[dict[str, object]] = []
     try:
@@ -411,7 +416,7 @@ def import_pcp(
             row = pheno.loc[file_id]
             site = str(row["SITE_ID"]).upper()
             tr = trs[site]
-            sub = f"{int(_num(row['SUB_ID'])):07d}"
+            sub = f"{int(row['SUB_ID']):07d}"
             text, n_vol, masked = _convert_1d(raw, source, roi_names)
             stem = f"sub-{sub}_task-{TASK}_space-{SPACE}_atlas-{label}_stat-mean_timeseries"
             func = tmp / f"sub-{sub}" / "func"
@@ -435,19 +440,19 @@ def import_pcp(
             )
             summary.masked_rois += len(masked)
             summary.sites[site] = summary.sites.get(site, 0) + 1
-            sex = _num(row["SEX"])
-            dx = _num(row["DX_GROUP"])
+            sex = float(row["SEX"])
+            dx = float(row["DX_GROUP"])
             rows.append(
                 {
                     "participant_id": f"sub-{sub}",
-                    "age": _fmt(_num(row["AGE_AT_SCAN"])),
+                    "age": _fmt(row["AGE_AT_SCAN"]),
                     "sex": {1.0: "M", 2.0: "F"}.get(sex, "n/a"),
                     "site": site,
                     "diagnosis": {1.0: "autism", 2.0: "control"}.get(dx, "n/a"),
-                    "fiq": _fmt(_num(row.get("FIQ"))),
-                    "viq": _fmt(_num(row.get("VIQ"))),
-                    "piq": _fmt(_num(row.get("PIQ"))),
-                    "mean_fd": _fmt(_num(row.get("func_mean_fd"))),
+                    "fiq": _fmt(row["FIQ"]),
+                    "viq": _fmt(row["VIQ"]),
+                    "piq": _fmt(row["PIQ"]),
+                    "mean_fd": _fmt(row["func_mean_fd"]),
                 }
             )
             summary.n_subjects += 1
@@ -470,8 +475,11 @@ def import_pcp(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full, permissions changed under us
+            raise ProcessingError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; "
+                                  f"nothing was published to {out}") from exc
         raise
     summary.seconds = time.perf_counter() - start
     return summary

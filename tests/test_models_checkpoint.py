@@ -134,8 +134,14 @@ def test_weights_that_do_not_fit_the_config(saved):
     card = json.loads((out / CARD_FILE).read_text())
     card["config"]["d_model"] = 16
     (out / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(CheckpointError, match="does not fit the config"):
+    with pytest.raises(CheckpointError, match="does not describe its weights"):
         load_checkpoint(out)
+    # a card asking for a huge model fails on shapes (meta device), before any allocation
+    card["config"]["d_model"] = 10**7
+    (out / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="does not describe its weights"):
+        load_checkpoint(out)
+    card["config"]["d_model"] = 16
     card["config"]["colour"] = "blue"
     (out / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="invalid config"):

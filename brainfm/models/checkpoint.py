@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
@@ -256,6 +256,7 @@ def load_checkpoint(
         if isinstance(names, list) and len(names) != config.n_rois:
             raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
                                   f"config has n_rois={config.n_rois}")
+    _check_shapes(spec, configs[0], weights_path, card_path)
     try:
         state = load_file(str(weights_path), device=str(torch.device(map_location)))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -270,6 +271,33 @@ def load_checkpoint(
     model.to(torch.device(map_location))
     model.eval()
     return model, card
+
+
+def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_path: Path,
+                  card_path: Path) -> None:
+    """Compare the card's architecture with the weights' shapes before allocating anything.
+
+    The card is not covered by the weights' hash; building the model on PyTorch's ``meta``
+    device costs no memory, so a card asking for ``d_model`` 10^7 fails here, not in a 9 GB
+    allocation.
+    """
+    try:
+        with torch.device("meta"):
+            model = BrainFMEnsemble(spec) if spec is not None else BrainFM(config)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        with safe_open(str(weights_path), framework="pt") as weights:
+            found = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"model card {card_path} or its weights {weights_path} cannot be "
+                              f"read as a brainfm model: {exc}") from exc
+    if expected != found:
+        wrong = sorted(k for k in expected.keys() | found.keys()
+                       if expected.get(k) != found.get(k))
+        name = wrong[0]
+        raise CheckpointError(
+            f"model card {card_path} does not describe its weights {weights_path}: "
+            f"{len(wrong)} tensor(s) differ, e.g. {name} is {found.get(name)} in the weights but "
+            f"{expected.get(name)} by the card. Restore the card that was saved with the weights.")
 
 
 def resolve_model_dir(name: str | os.PathLike[str]) -> Path:

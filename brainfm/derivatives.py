@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from brainfm import __version__
-from brainfm.errors import InputError
+from brainfm.errors import InputError, UsageError
 
 #: Order of BIDS entities in derivative file names (BIDS specification, appendix "Entities").
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res",
@@ -88,7 +88,78 @@ def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Pat
     return path / "func"
 
 
+#: Environment variable holding the input folders no write may land in (``os.pathsep``-joined);
+#: an environment variable so that nipype's worker processes and cluster jobs inherit it.
+PROTECTED_ENV = "BRAINFM_PROTECTED_INPUTS"
+
+
+@contextlib.contextmanager
+def protected_inputs(folders: Sequence[str | Path]) -> Iterator[None]:
+    """Refuse, inside the block, any write into ``folders`` (here and in child processes).
+
+    Every brainfm output goes through :func:`write_text_atomic`, :func:`copy_atomic` or
+    :func:`output_lock`, which resolve the destination (symbolic links included) and call
+    :func:`check_writable_path`. The previous setting is restored on exit.
+    """
+    previous = os.environ.get(PROTECTED_ENV)
+    os.environ[PROTECTED_ENV] = os.pathsep.join(str(Path(f).resolve()) for f in folders if f)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROTECTED_ENV, None)
+        else:
+            os.environ[PROTECTED_ENV] = previous
+
+
+def check_writable_path(path: Path) -> None:
+    """Raise :class:`~brainfm.errors.UsageError` when ``path`` resolves into a protected input.
+
+    Parameters
+    ----------
+    path : Path
+        A destination about to be written (it need not exist; symbolic links in its existing
+        part are followed).
+    """
+    protected = [Path(p) for p in os.environ.get(PROTECTED_ENV, "").split(os.pathsep) if p]
+    if not protected:
+        return
+    target = Path(path).resolve()
+    for root in protected:
+        if target == root or root in target.parents:
+            raise UsageError(
+                f"refusing to write {path}: it resolves to {target}, inside the input dataset "
+                f"{root} (a symbolic link in the output or work folder?). brainfm never writes "
+                "into its inputs; remove the link or choose another output folder.")
+
+
+def check_output_folder(folder: Path, what: str) -> None:
+    """An output or work folder must be a folder (or creatable) and writable.
+
+    Parameters
+    ----------
+    folder : Path
+        The folder to be written (it need not exist).
+    what : str
+        How the message names it (``output_dir``, ``work dir``).
+
+    Raises
+    ------
+    UsageError
+        It is a file, or it (or its nearest existing parent) is not writable.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} is a file, not a folder; choose a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {folder} cannot be written ({existing} is not writable); "
+                         "choose a folder you can write to")
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
+    check_writable_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
@@ -176,6 +247,7 @@ def copy_atomic(source: Path, destination: Path) -> Path:
 def output_lock(output_dir: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on the output dataset while writing shared files."""
     output_dir = Path(output_dir)
+    check_writable_path(output_dir / ".brainfm.lock")
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / ".brainfm.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -241,9 +313,17 @@ def init_output_dataset(output_dir: Path, source_datasets: list[str]) -> None:
         if desc_path.exists():
             try:
                 previous = json.loads(desc_path.read_text())
-            except (json.JSONDecodeError, OSError):
-                previous = {}
-            prev_gen = previous.get("GeneratedBy", [])
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
+                raise UsageError(
+                    f"{desc_path} exists but is not readable JSON ({err}); the output folder "
+                    "is not a BIDS derivatives dataset brainfm can add to: fix or remove the "
+                    "file, or choose another output folder") from err
+            if not isinstance(previous, dict):
+                raise UsageError(
+                    f"{desc_path} holds a JSON {type(previous).__name__}, not an object; the "
+                    "output folder is not a BIDS derivatives dataset brainfm can add to: fix or "
+                    "remove the file, or choose another output folder")
+            prev_gen = [g for g in previous.get("GeneratedBy", []) if isinstance(g, dict)]
             if prev_gen and prev_gen[0].get("Version") == __version__:
                 desc = previous
             else:

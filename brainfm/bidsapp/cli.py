@@ -147,17 +147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         from brainfm.bidsapp.config import from_args
+        from brainfm.derivatives import protected_inputs
 
         config = from_args(args)
         _limit_threads(config.omp_nthreads)
-        if config.analysis_level == "group":
-            from brainfm.bidsapp.group import run_group_level
+        with protected_inputs([config.bids_dir, config.fmriprep_dir]):
+            if config.analysis_level == "group":
+                from brainfm.bidsapp.group import run_group_level
 
-            run_group_level(config)
-        else:
-            from brainfm.bidsapp.participant import run_participant_level
+                run_group_level(config)
+            else:
+                from brainfm.bidsapp.participant import run_participant_level
 
-            run_participant_level(config)
+                run_participant_level(config)
     except BrainfmError as err:
         print(f"brainfm: error: {err}", file=sys.stderr)
         return err.exit_code

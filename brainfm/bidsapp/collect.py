@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nb
+import numpy as np
 
 from brainfm.errors import InputError, NothingSelectedError
 
@@ -100,6 +101,49 @@ def _one(layout, what: str, bold: Path, **query) -> Path:
     return Path(sorted(found)[0])
 
 
+#: Longest plausible repetition time (s); above it the value is taken to be milliseconds.
+MAX_REPETITION_TIME = 30.0
+
+
+def _sidecar_name(bold: Path) -> str:
+    name = bold.name.removesuffix(".gz").removesuffix(".nii")
+    return str(bold.with_name(name + ".json"))
+
+
+def repetition_time_seconds(value: object, source: str) -> float:
+    """Check a ``RepetitionTime`` value: a number of seconds, positive and at most 30 s.
+
+    Parameters
+    ----------
+    value : object
+        The value as read (JSON number, or whatever the sidecar holds).
+    source : str
+        Where it was read (named in the message).
+
+    Returns
+    -------
+    float
+        The repetition time in seconds.
+
+    Raises
+    ------
+    InputError
+        Not a number, not positive, or above 30 s (BIDS gives seconds; 2000 is milliseconds).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"RepetitionTime {value!r} in {source} is not a number; BIDS gives it "
+                         "in seconds (e.g. 2.0). Fix the sidecar.")
+    tr = float(value)
+    if not np.isfinite(tr) or tr <= 0:
+        raise InputError(f"RepetitionTime {value!r} in {source} must be a positive number of "
+                         "seconds (e.g. 2.0). Fix the sidecar.")
+    if tr > MAX_REPETITION_TIME:
+        raise InputError(
+            f"RepetitionTime {value!r} in {source} is above {MAX_REPETITION_TIME:g} s; BIDS "
+            f"gives it in seconds. If it is milliseconds, write {tr / 1000:g} instead.")
+    return tr
+
+
 def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
     try:
         img = nb.load(str(bold))
@@ -121,15 +165,16 @@ def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
             "must come from the same fMRIPrep run as the BOLD (one row per volume)."
         )
     metadata = layout_file.get_metadata()
-    tr = metadata.get("RepetitionTime")
-    if tr is None:
-        zooms = img.header.get_zooms()
-        tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
-        if tr is None:
-            raise InputError(f"no RepetitionTime for {bold}: add it to its JSON sidecar.")
-        LOGGER.warning("No RepetitionTime in the sidecar of %s; using the NIfTI header (%.3f s)",
-                       bold.name, tr)
-    return float(tr), n_vols
+    if "RepetitionTime" in metadata:
+        return repetition_time_seconds(metadata["RepetitionTime"], _sidecar_name(bold)), n_vols
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] > 0:
+        raise InputError(f"no RepetitionTime for {bold}: add it (in seconds) to its JSON "
+                         f"sidecar {_sidecar_name(bold)}.")
+    tr = repetition_time_seconds(float(zooms[3]), f"the NIfTI header of {bold}")
+    LOGGER.warning("No RepetitionTime in the sidecar of %s; using the NIfTI header (%.3f s)",
+                   bold.name, tr)
+    return tr, n_vols
 
 
 def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None,

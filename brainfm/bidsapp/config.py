@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainfm.derivatives import check_output_folder
 from brainfm.errors import InputError, UsageError
 
 
@@ -131,6 +132,36 @@ def load_plugin_settings(path: str | Path) -> tuple[str, dict[str, Any]]:
     return str(content["plugin"]), plugin_args
 
 
+def check_links_into_inputs(folder: Path, inputs: list[Path], depth: int = 3) -> None:
+    """Refuse symbolic links in the top levels of ``folder`` that lead into an input dataset.
+
+    The writers check every destination as well (:func:`brainfm.derivatives.check_writable_path`);
+    this finds such links before any work.
+
+    Raises
+    ------
+    UsageError
+        A link under ``folder`` resolves inside one of ``inputs``.
+    """
+    if not folder.is_dir():
+        return
+    level = [folder]
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            for entry in parent.iterdir():
+                if entry.is_symlink():
+                    target = entry.resolve()
+                    if any(_is_inside(target, root) for root in inputs):
+                        raise UsageError(
+                            f"{entry} is a symbolic link to {target}, inside the input dataset; "
+                            "brainfm never writes into its inputs: remove the link or choose "
+                            "another output folder")
+                elif entry.is_dir():
+                    below.append(entry)
+        level = below
+
+
 def from_args(args: Any) -> Config:
     """Check the parsed command line and build a :class:`Config`.
 
@@ -151,8 +182,11 @@ def from_args(args: Any) -> Config:
             "input dataset. Choose an output folder outside the BIDS dataset."
         )
     work_dir = Path(args.work_dir).absolute() if args.work_dir else output_dir.parent / "work"
-    if args.work_dir and _is_inside(work_dir, bids_dir):
-        raise UsageError(f"work dir {work_dir} is inside the input dataset {bids_dir}")
+    if _is_inside(work_dir, bids_dir):
+        raise UsageError(f"work dir {work_dir} is inside the input dataset {bids_dir}; give "
+                         "-w/--work-dir outside it")
+    for folder, what in ((output_dir, "output_dir"), (work_dir, "work dir")):
+        check_output_folder(folder, what)
     fmriprep_dir = None
     if args.analysis_level == "participant":
         given = Path(args.fmriprep_dir).absolute() if args.fmriprep_dir else None
@@ -163,6 +197,12 @@ def from_args(args: Any) -> Config:
                 f"output_dir {output_dir} is inside the input derivatives {fmriprep_dir}; "
                 "choose an output folder outside it."
             )
+        if fmriprep_dir is not None and _is_inside(work_dir, fmriprep_dir):
+            raise UsageError(f"work dir {work_dir} is inside the input derivatives "
+                             f"{fmriprep_dir}; give -w/--work-dir outside it")
+    inputs = [bids_dir] + ([fmriprep_dir] if fmriprep_dir is not None else [])
+    check_links_into_inputs(output_dir, inputs)
+    check_links_into_inputs(work_dir, inputs)
     if (args.atlas_file is None) != (args.atlas_labels is None):
         raise UsageError("--atlas-file and --atlas-labels must be given together")
     for name in ("fd_thresh", "min_coverage", "min_time"):

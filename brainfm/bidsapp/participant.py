@@ -9,6 +9,7 @@ from pathlib import Path
 
 from brainfm.bidsapp.collect import collect_runs
 from brainfm.bidsapp.config import Config
+from brainfm.bidsapp.preflight import check_runs
 from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import init_output_dataset
 from brainfm.errors import BrainfmError, ProcessingError, UsageError
@@ -190,7 +191,7 @@ def run_participant_level(config: Config) -> None:
         selected, processing failure).
     """
     from brainfm.interfaces.parcellate import resolve_atlases
-    from brainfm.processing.confounds import list_strategies
+    from brainfm.processing.confounds import band_pass, list_strategies
 
     atlases = resolve_atlases(config.atlases, config.atlas_file, config.atlas_labels,
                               config.atlas_name)
@@ -199,6 +200,7 @@ def run_participant_level(config: Config) -> None:
     if config.nuisance_regressors not in list_strategies():
         raise UsageError(f"unknown denoising strategy '{config.nuisance_regressors}' "
                          f"(choose from {', '.join(list_strategies())})")
+    band_pass(config.nuisance_regressors, config.lower_bpf, config.upper_bpf)  # inverted?
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
     model_dir, model_atlas = prepare_model(config, [a.label for a in atlases])
@@ -208,6 +210,8 @@ def run_participant_level(config: Config) -> None:
         config.fmriprep_dir = preprocess_raw(config)
     runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
                         config.task_id)
+    settings = workflow_settings(config)
+    check_runs(runs, settings)
     n_runs = sum(len(r) for r in runs.values())
     LOGGER.info("brainfm participant level: %d participant(s), %d run(s), atlases %s, "
                 "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
@@ -219,7 +223,6 @@ def run_participant_level(config: Config) -> None:
     from brainfm.workflows.base import init_brainfm_wf
 
     config.work_dir.mkdir(parents=True, exist_ok=True)
-    settings = workflow_settings(config)
     settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(
         {sub: [run.to_dict() for run in sub_runs] for sub, sub_runs in runs.items()},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -141,6 +142,99 @@ def signal_exclusion(timeseries: np.ndarray, atlas: str) -> str | None:
     return None
 
 
+@dataclass
+class RunInputs:
+    """What :func:`check_run_inputs` found usable in a run's confounds and options."""
+
+    design: pd.DataFrame
+    fd: np.ndarray
+    high_pass: float | None
+    low_pass: float | None
+
+
+def check_run_inputs(confounds: pd.DataFrame, n_volumes: int, *, tr: float, strategy: str,
+                     fd_thresh: float | None, lower_bpf: float | None, upper_bpf: float | None,
+                     confounds_file: str | Path = "") -> RunInputs:
+    """Check one run's confounds and the options against each other, before any denoising.
+
+    The one home of these checks: the participant level calls it for every run before any work
+    (:mod:`brainfm.bidsapp.preflight`), the denoising node again on the same files.
+
+    Parameters
+    ----------
+    confounds : pandas.DataFrame
+        The run's fMRIPrep confounds table.
+    n_volumes : int
+        Volumes of the BOLD run.
+    tr : float
+        Repetition time in seconds.
+    strategy : str
+        Denoising strategy.
+    fd_thresh : float or None
+        FD censoring threshold in mm (``<= 0`` or None: off).
+    lower_bpf, upper_bpf : float or None
+        Band-pass overrides (see :func:`~brainfm.processing.confounds.band_pass`).
+    confounds_file : str or Path, optional
+        Where the table came from (named in messages).
+
+    Returns
+    -------
+    RunInputs
+        The strategy's design matrix (with trends), the FD trace (NaN where absent), and the
+        band-pass edges in force (a low-pass at or above Nyquist is switched off, logged).
+
+    Raises
+    ------
+    UsageError
+        Non-positive TR, inverted band-pass, or a high-pass at or above the Nyquist frequency.
+    InputError
+        Rows differ from the volumes, columns the strategy needs are missing or not numeric, or
+        FD censoring is asked for and the FD column is absent or n/a after the first volume.
+    """
+    where = str(confounds_file) or "(confounds table)"
+    if tr is None or not np.isfinite(tr) or tr <= 0:
+        raise UsageError(f"repetition time must be a positive number of seconds, got {tr}")
+    spec = get_strategy(strategy)
+    high, low = band_pass(spec.name, lower_bpf, upper_bpf)
+    if len(confounds) != n_volumes:
+        raise InputError(
+            f"confounds file {where} has {len(confounds)} rows but the BOLD run has {n_volumes} "
+            "volumes; use the confounds file fMRIPrep wrote for this run (one row per volume)"
+        )
+    design = pd.concat(
+        [select_confounds(confounds, spec.name, str(confounds_file)),
+         trend_regressors(n_volumes, spec.detrend_order)], axis=1)
+    censoring = fd_thresh is not None and fd_thresh > 0
+    if "framewise_displacement" in confounds.columns:
+        fd = pd.to_numeric(confounds["framewise_displacement"], errors="coerce").to_numpy(float)
+        missing = np.flatnonzero(~np.isfinite(fd[1:])) + 1  # fMRIPrep leaves only the first n/a
+        if censoring and missing.size:
+            raise InputError(
+                f"confounds file {where}: framewise_displacement is n/a or not a number in "
+                f"{missing.size} volume(s) after the first (e.g. row {int(missing[0]) + 1}), so "
+                f"censoring at FD > {fd_thresh:g} mm cannot be applied; use the confounds file "
+                "fMRIPrep wrote for this run, or --fd-thresh 0 to turn censoring off"
+            )
+    elif censoring:
+        raise InputError(
+            f"confounds file {where} has no framewise_displacement column, needed for "
+            f"censoring at FD > {fd_thresh:g} mm; use fMRIPrep's confounds or --fd-thresh 0"
+        )
+    else:
+        fd = np.full(n_volumes, np.nan)
+    nyquist = 0.5 / tr
+    if high is not None and high >= nyquist:
+        raise UsageError(
+            f"high-pass cutoff {high:g} Hz is at or above the Nyquist frequency {nyquist:g} Hz "
+            f"(TR {tr:g} s of {where}); lower --lower-bpf or set it to 0"
+        )
+    if low is not None and low >= nyquist:
+        LOGGER.warning("low-pass %g Hz is at or above the Nyquist frequency %g Hz (TR %g s): "
+                       "no low-pass filtering", low, nyquist, tr)
+        low = None
+    return RunInputs(design, fd, high, low)
+
+
 def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: float,
                         strategy: str, fd_thresh: float, dummy_scans: int,
                         lower_bpf: float | None, upper_bpf: float | None, min_time: float,
@@ -204,53 +298,16 @@ def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: 
     if signals.ndim != 2:
         raise InputError(f"ROI signals must be a (volumes, ROIs) array, got shape {signals.shape}")
     n_vols, n_rois = signals.shape
-    if tr is None or not np.isfinite(tr) or tr <= 0:
-        raise UsageError(f"repetition time must be a positive number of seconds, got {tr}")
     if min_time is None or min_time < 0:
         raise UsageError(f"--min-time must be >= 0 seconds, got {min_time}")
-    spec = get_strategy(strategy)
-    high, low = band_pass(spec.name, lower_bpf, upper_bpf)
-    if len(confounds) != n_vols:
-        raise InputError(
-            f"confounds file {where} has {len(confounds)} rows but the BOLD run has {n_vols} "
-            "volumes; use the confounds file fMRIPrep wrote for this run (one row per volume)"
-        )
-    design = pd.concat(
-        [select_confounds(confounds, spec.name, confounds_file),
-         trend_regressors(n_vols, spec.detrend_order)], axis=1)
-
-    if "framewise_displacement" in confounds.columns:
-        fd = pd.to_numeric(confounds["framewise_displacement"], errors="coerce").to_numpy(float)
-        missing = np.flatnonzero(~np.isfinite(fd[1:])) + 1  # fMRIPrep leaves only the first n/a
-        if fd_thresh is not None and fd_thresh > 0 and missing.size:
-            raise InputError(
-                f"confounds file {where}: framewise_displacement is n/a or not a number in "
-                f"{missing.size} volume(s) after the first (e.g. row {int(missing[0]) + 1}), so "
-                f"censoring at FD > {fd_thresh:g} mm cannot be applied; use the confounds file "
-                "fMRIPrep wrote for this run, or --fd-thresh 0 to turn censoring off"
-            )
-    elif fd_thresh is not None and fd_thresh > 0:
-        raise InputError(
-            f"confounds file {where} has no framewise_displacement column, needed for "
-            f"censoring at FD > {fd_thresh:g} mm; use fMRIPrep's confounds or --fd-thresh 0"
-        )
-    else:
-        fd = np.full(n_vols, np.nan)
+    checked = check_run_inputs(confounds, n_vols, tr=tr, strategy=strategy, fd_thresh=fd_thresh,
+                               lower_bpf=lower_bpf, upper_bpf=upper_bpf,
+                               confounds_file=confounds_file)
+    design, fd, high, low = checked.design, checked.fd, checked.high_pass, checked.low_pass
     keep = censoring_mask(fd, fd_thresh, dummy_scans)
     outliers = outliers_table(fd, keep, fd_thresh, dummy_scans)
     n_keep = int(keep.sum())
     retained = float(n_keep * tr)
-
-    nyquist = 0.5 / tr
-    if high is not None and high >= nyquist:
-        raise UsageError(
-            f"high-pass cutoff {high:g} Hz is at or above the Nyquist frequency {nyquist:g} Hz "
-            f"(TR {tr:g} s); lower --lower-bpf or set it to 0"
-        )
-    if low is not None and low >= nyquist:
-        LOGGER.warning("low-pass %g Hz is at or above the Nyquist frequency %g Hz (TR %g s): "
-                       "no low-pass filtering", low, nyquist, tr)
-        low = None
 
     def result(series: np.ndarray, reason: str | None) -> DenoiseResult:
         return DenoiseResult(series, design, keep, outliers, retained, reason, high, low)

@@ -1,0 +1,57 @@
+"""Check every selected run against the options before any work is done.
+
+:func:`~brainfm.bidsapp.collect.collect_runs` has checked each run's files (headers, rows,
+repetition time); this checks what the options ask of them (the strategy's confound columns,
+the FD column for censoring, the band-pass against each run's Nyquist frequency) with the same
+function the denoising node uses, so that bad input fails before shared outputs are written.
+Runs too short for ``--min-time`` are not an error: they are excluded later with the reason,
+and said here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from brainfm.bidsapp.collect import BoldRun
+from brainfm.derivatives import read_tsv
+from brainfm.errors import InputError
+from brainfm.processing.denoise import check_run_inputs
+
+LOGGER = logging.getLogger("brainfm.preflight")
+
+
+def check_runs(runs: Mapping[str, Sequence[BoldRun]], settings: Mapping[str, object]) -> None:
+    """Check the confounds and options of every run (see the module docstring).
+
+    Parameters
+    ----------
+    runs : mapping
+        Participant label to its runs (from ``collect_runs``).
+    settings : mapping
+        The workflow settings (``strategy``, ``fd_thresh``, ``dummy_scans``, ``lower_bpf``,
+        ``upper_bpf``, ``min_time``).
+
+    Raises
+    ------
+    InputError, UsageError
+        The first problem found, naming the file and the fix.
+    """
+    for sub_runs in runs.values():
+        for run in sub_runs:
+            try:
+                confounds = read_tsv(run.confounds_file)
+            except (OSError, ValueError) as err:
+                raise InputError(f"cannot read confounds file {run.confounds_file} ({err}); it "
+                                 "must be fMRIPrep's tab-separated table") from err
+            check_run_inputs(confounds, run.n_volumes, tr=run.repetition_time,
+                             strategy=str(settings["strategy"]),
+                             fd_thresh=settings["fd_thresh"], lower_bpf=settings["lower_bpf"],
+                             upper_bpf=settings["upper_bpf"],
+                             confounds_file=str(run.confounds_file))
+            usable = (run.n_volumes - int(settings["dummy_scans"])) * run.repetition_time
+            if usable < float(settings["min_time"]):
+                LOGGER.warning(
+                    "%s lasts %.0f s after %d dummy scan(s), less than --min-time %g s: it will "
+                    "be excluded (lower --min-time to keep it)", run.bold_file.name, usable,
+                    settings["dummy_scans"], settings["min_time"])

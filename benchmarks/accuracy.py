@@ -329,6 +329,16 @@ def _train_recipe(cohort: Cohort, train: np.ndarray, test: np.ndarray, opts: T.T
     return res
 
 
+def model_code_digest() -> str:
+    """SHA-256 of the model package's sources: a cached training is reused only by the same code."""
+    import brainfm.models
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(brainfm.models.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[str, list[str]],
                opts: T.TrainOptions, pretrain_epochs: int) -> list[dict[str, Any]]:
     """One task per (protocol, fold, pretraining): the variants sharing that pretraining.
@@ -351,6 +361,7 @@ def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[st
     """
     tasks = []
     options = opts.to_dict()
+    code = model_code_digest()
     for protocol, folds in folds_by_protocol.items():
         groups: dict[tuple[str | None, str], list[str]] = {}
         for v in variants_by_protocol.get(protocol, []):
@@ -361,7 +372,7 @@ def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[st
                 task = {"name": f"{protocol} fold {f}", "protocol": protocol, "fold": f,
                         "train": train.tolist(), "test": test.tolist(), "pretrain": kind,
                         "variants": variants, "options": options,
-                        "pretrain_epochs": pretrain_epochs if kind else 0}
+                        "pretrain_epochs": pretrain_epochs if kind else 0, "code": code}
                 digest = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
                 task["key"] = f"{protocol}-{f:02d}-{kind or 'none'}{own and '-' + own}-" \
                     f"{digest[:12]}"

@@ -60,6 +60,18 @@ def test_inner_site_folds_hold_whole_sites() -> None:
     assert len(S.inner_site_folds(np.array(["A"] * 9), 3, seed=0)) == 3
 
 
+def test_early_stopping_sites_are_whole_sites_of_the_training_folds() -> None:
+    sites = np.repeat([f"S{i}" for i in range(10)], 20)
+    stop = S.early_stopping_sites(sites, 0.15, seed=0)
+    chosen = set(sites[stop].tolist())
+    # whole sites only: every subject of a chosen site, no subject of another
+    assert np.array_equal(stop, np.flatnonzero(np.isin(sites, sorted(chosen))))
+    assert 1 <= len(chosen) <= 3
+    # one site: a random share of its subjects (no whole site can be spared)
+    one = S.early_stopping_sites(np.array(["A"] * 40), 0.15, seed=0)
+    assert one.size == 6 and len(set(one.tolist())) == 6
+
+
 def test_conformal_halfwidth_covers_nominally() -> None:
     rng = np.random.default_rng(1)
     covered = []
@@ -105,8 +117,12 @@ def test_fit_ensemble_members_hold_out_sites(fitted: tuple) -> None:
     model, info, sessions, y, sites, _ = fitted
     spec = model.spec
     assert len(model.members) == 3
-    held = [set(m["validation_sites"]) for m in spec["members"]]
+    held = [set(m["held_out_sites"]) for m in spec["members"]]
     assert sorted(s for h in held for s in h) == ["S0", "S1", "S2"]
+    for member, h in zip(spec["members"], held, strict=True):
+        # early stopping on whole sites of the member's own training folds, never the held-out
+        stop = set(member["early_stopping_sites"])
+        assert stop and not stop & h and stop < {"S0", "S1", "S2"} - h
     # every training subject has one out-of-site prediction of each part
     oof = info["oof"]["age"]
     assert len(oof["participant_id"]) == len(sessions)
@@ -119,7 +135,25 @@ def test_fit_ensemble_members_hold_out_sites(fitted: tuple) -> None:
         halves = target["interval_halfwidth"]
         assert 0 < halves["0.5"] <= halves["0.9"]
         assert 0.0 <= target["network_weight"] <= 1.0
-    assert spec["targets"][0]["transform"] == "log"
+    # each target's transform is the candidate whose linear member did best on the inner folds
+    for target in spec["targets"]:
+        scores = info["stacking"][target["name"]]["oof_mae_by_transform"]
+        assert set(scores) == set(S.TRANSFORM_CANDIDATES)
+        assert target["transform"] == min(scores, key=scores.get)
+
+
+def test_choose_transform_finds_the_scale_of_the_relation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 40))
+    sites = np.repeat(np.arange(6), 20)
+    folds = S.inner_site_folds(sites, 3, seed=0)
+    signal = x[:, 0] - x[:, 1]
+    skewed = np.exp(2.5 + 0.6 * signal)  # linear in log: ages 5 to 60
+    assert S.choose_transform(x, skewed, folds)[0] == "log"
+    assert S.choose_transform(x, 30 + 5 * signal, folds)[0] == "identity"
+    # log is never offered for values that are not all positive
+    name, _, scores = S.choose_transform(x, 5 * signal, folds)
+    assert name == "identity" and set(scores) == {"identity"}
 
 
 def test_stacking_weight_minimises_oof_mae(fitted: tuple) -> None:

@@ -7,7 +7,10 @@ raise the most specific subclass with a message that names the offending file an
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -57,3 +60,60 @@ class UsageArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # noqa: D102
         self.print_usage(sys.stderr)
         self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_command(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a command's body with brainfm's exit-code contract; return the exit code.
+
+    A :class:`BrainfmError` prints one ``prog: error: …`` line and returns its code. SIGINT and
+    SIGTERM (Ctrl-C, ``kill``, a cluster's time limit) interrupt the body and return 130 / 143
+    (128 + the signal) with one line, even when a library caught the interruption and raised
+    something else in its place (nipype turns it into a node failure).
+
+    Parameters
+    ----------
+    prog : str
+        Command name for the messages.
+    body : callable
+        The command; returns its exit code, or None for 0.
+
+    Returns
+    -------
+    int
+        The process exit code.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        _raise_interrupt(signum, frame)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = ({s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                if in_main_thread else {})
+    try:
+        code = body()
+    except BaseException as err:  # noqa: BLE001 - mapped to exit codes below
+        if received:
+            # later signals (a second Ctrl-C) must not break the clean exit
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            name = signal.Signals(received[0]).name
+            print(f"{prog}: interrupted by {name}; rerun the same command to finish",
+                  file=sys.stderr)
+            return 128 + received[0]
+        if isinstance(err, BrainfmError):
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return err.exit_code
+        if isinstance(err, KeyboardInterrupt):
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return int(code or 0)

@@ -12,8 +12,9 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from brainfm import __version__  # noqa: E402
-from brainfm.errors import BrainfmError, UsageArgumentParser  # noqa: E402
+from brainfm.errors import UsageArgumentParser, run_command  # noqa: E402
 
+PROG = "brainfm"
 LOGGER = logging.getLogger("brainfm")
 
 #: Denoising strategies offered on the command line (see brainfm.processing.confounds).
@@ -27,7 +28,7 @@ def _float_or_none(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, following the BIDS Apps conventions."""
     parser = UsageArgumentParser(
-        prog="brainfm",
+        prog=PROG,
         description="brainfm: brain age and fluid intelligence from resting-state fMRI. "
                     "Participant level: fMRIPrep derivatives -> denoised ROI time series and "
                     "connectivity (BIDS derivatives). Group level: cohort tables and report.",
@@ -145,28 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        from brainfm.bidsapp.config import from_args
-        from brainfm.derivatives import protected_inputs
+    return run_command(PROG, lambda: _run(args))
 
-        config = from_args(args)
-        _limit_threads(config.omp_nthreads)
-        with protected_inputs([config.bids_dir, config.fmriprep_dir]):
-            if config.analysis_level == "group":
-                from brainfm.bidsapp.group import run_group_level
 
-                run_group_level(config)
-            else:
-                from brainfm.bidsapp.participant import run_participant_level
+def _run(args: argparse.Namespace) -> None:
+    from brainfm.bidsapp.config import from_args
+    from brainfm.derivatives import protected_inputs
 
-                run_participant_level(config)
-    except BrainfmError as err:
-        print(f"brainfm: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("brainfm: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    config = from_args(args)
+    _limit_threads(config.omp_nthreads)
+    with protected_inputs([config.bids_dir, config.fmriprep_dir]):
+        if config.analysis_level == "group":
+            from brainfm.bidsapp.group import run_group_level
+
+            run_group_level(config)
+        else:
+            from brainfm.bidsapp.participant import run_participant_level
+
+            run_participant_level(config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -163,13 +164,18 @@ def error_from_crashfiles(crash_dir: Path, since: float) -> BrainfmError:
     matches = [m for m in matches if m and m.group(1) in classes]
     if matches:
         cls = classes[matches[-1].group(1)]
-        return cls(f"{matches[-1].group(2)} (node {node_name})")
+        return cls(f"{matches[-1].group(2)} (node {node_name}; details: {crashfiles[0]})")
     last = [line for line in text.splitlines() if line.strip()][-1]
     return ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfiles[0]})")
 
 
-def _configure_nipype_logging(verbosity: int) -> None:
-    """Quiet nipype unless -v; its loggers keep their own handler (no duplicate lines)."""
+def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
+    """Quiet nipype unless -v; its loggers keep their own handler (no duplicate lines).
+
+    At default verbosity nipype writes to ``log_file`` instead of the console, so that its
+    node tracebacks (about 100 lines each) stay in the log and the crash file; brainfm's own
+    message names the crash file.
+    """
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
@@ -178,7 +184,21 @@ def _configure_nipype_logging(verbosity: int) -> None:
         nipype_config.set("logging", key, level)
     nipype_logging.update_logging(nipype_config)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).propagate = False
+        logging.getLogger(name).propagate = True  # to the handler below, once
+    root = logging.getLogger("nipype")
+    root.propagate = False  # not also to brainfm's console handler
+    for handler in list(root.handlers):
+        if getattr(handler, "brainfm_log", False) or type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+            handler.close()
+    if verbosity == 0:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, delay=True)  # created when nipype logs
+        handler.brainfm_log = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(stream=sys.stdout)
+    root.addHandler(handler)
 
 
 def run_participant_level(config: Config) -> None:
@@ -204,7 +224,7 @@ def run_participant_level(config: Config) -> None:
     if not config.skip_bids_validation:
         validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
     model_dir, model_atlas = prepare_model(config, [a.label for a in atlases])
-    _configure_nipype_logging(config.verbosity)
+    _configure_nipype_logging(config.verbosity, config.work_dir / "logs" / "nipype.log")
     if config.fmriprep_dir is None:
         config.work_dir.mkdir(parents=True, exist_ok=True)
         config.fmriprep_dir = preprocess_raw(config)
@@ -255,5 +275,39 @@ def run_participant_level(config: Config) -> None:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         raise error_from_crashfiles(crash_dir, started) from err
-    LOGGER.info("brainfm finished %d run(s) in %.1f s; outputs in %s", n_runs,
-                time.time() - started, config.output_dir)
+    included, excluded = summarise_runs(config.output_dir, sorted(runs))
+    LOGGER.info("brainfm finished %d run(s) in %.1f s (%d included, %d excluded); outputs in %s",
+                n_runs, time.time() - started, included, excluded, config.output_dir)
+
+
+def summarise_runs(output_dir: Path, subjects: list[str]) -> tuple[int, int]:
+    """Count the included and excluded runs in the participants' run QC tables.
+
+    A participant whose runs were all excluded gets a WARNING naming it and each reason: its
+    predictions are all n/a, which is easy to miss in a cohort table.
+
+    Parameters
+    ----------
+    output_dir : Path
+        The output dataset.
+    subjects : list of str
+        Participant labels of this run (without ``sub-``).
+
+    Returns
+    -------
+    included, excluded : int
+        Run counts over the participants.
+    """
+    from brainfm.derivatives import read_tsv
+
+    included = excluded = 0
+    for sub in subjects:
+        qc = read_tsv(output_dir / f"sub-{sub}" / f"sub-{sub}_desc-runs_qc.tsv")
+        is_excluded = qc["status"].astype(str) == "excluded"
+        included += int((~is_excluded).sum())
+        excluded += int(is_excluded.sum())
+        if is_excluded.all():
+            reasons = "; ".join(f"{row.run}: {row.reason}" for row in qc.itertuples())
+            LOGGER.warning("sub-%s: every run was excluded, so it has no prediction (%s)",
+                           sub, reasons)
+    return included, excluded

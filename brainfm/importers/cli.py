@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brainfm import __version__
-from brainfm.errors import BrainfmError, UsageArgumentParser
+from brainfm.errors import UsageArgumentParser, run_command
 from brainfm.importers.pcp import import_pcp, parse_tr_overrides
 
 PROG = "brainfm-import"
@@ -68,21 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
-    try:
-        summary = import_pcp(
-            args.src, args.out, atlas=args.atlas,
-            tr_override=parse_tr_overrides(args.tr_override),
-            phenotype=args.phenotype, overwrite=args.overwrite,
-        )
-    except BrainfmError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_command(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    summary = import_pcp(
+        args.src, args.out, atlas=args.atlas,
+        tr_override=parse_tr_overrides(args.tr_override),
+        phenotype=args.phenotype, overwrite=args.overwrite,
+    )
     logging.getLogger(PROG).info(
         "wrote %d subjects (%d sites, %d all-zero ROI columns as n/a, %d skipped) to %s in %.1f s",
         summary.n_subjects, len(summary.sites), summary.masked_rois, len(summary.skipped),
         summary.out_dir, summary.seconds,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -391,9 +391,10 @@ def import_pcp(
             "pass --tr-override SITE=SECONDS"
         )
     check_output_folder(out, "output folder")
-    if where.is_dir() and where.resolve() in (out.resolve(), *out.resolve().parents):
-        raise UsageError(f"output folder {out} is inside the source {where}; brainfm never "
-                         "writes into its inputs: choose another folder")
+    for source in (Path(src), where):
+        if source.is_dir() and source.resolve() in (out.resolve(), *out.resolve().parents):
+            raise UsageError(f"output folder {out} is inside the source {source}; brainfm "
+                             "never writes into its inputs: choose another folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"output folder {out} exists and is not empty (use --overwrite)")
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from brainfm import __version__
-from brainfm.errors import BrainfmError, UsageArgumentParser, UsageError
+from brainfm.errors import UsageArgumentParser, UsageError, run_command
 from brainfm.models.model import BrainFMConfig
 
 PROG = "brainfm-train"
@@ -299,10 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
     try:
-        return _run(args)
-    except BrainfmError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return run_command(PROG, lambda: _run(args))
     finally:
         from brainfm.models.train import teardown
 

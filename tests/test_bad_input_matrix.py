@@ -1,0 +1,341 @@
+"""The bad-input contract, case by case, for every command (issue 12).
+
+Each case breaks one thing a user can get wrong and asserts what the user sees: the exit code
+(64 usage, 66 input), one ``<prog>: error:`` line that names the offending file or option, no
+Python traceback on the console, the input tree unchanged (checksums and modification times),
+and no participant published by a run that failed before processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+from fake_pcp import make_fake_pcp
+
+from brainfm.bidsapp.cli import main as brainfm_main
+from brainfm.importers.cli import main as import_main
+from brainfm.models.cli import main as train_main
+from brainfm.testdata import make_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Checksum and modification time of every file below ``root``."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            + str(p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_contract(capfd: pytest.CaptureFixture[str], code: int, expected: int, prog: str,
+                    names: str, before: dict[str, str], root: Path) -> str:
+    out, err = capfd.readouterr()
+    assert code == expected, err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"{prog}: error:")]
+    assert len(lines) == 1, err
+    assert names in lines[0], lines[0]
+    assert "Traceback" not in out + err
+    assert snapshot(root) == before
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# participant level
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("matrix") / "ds", n_subjects=2, n_volumes=60,
+                        seed=7).out_dir
+
+
+def _func(ds: Path, sub: str = "01") -> Path:
+    return ds / "bids" / "derivatives" / "fmriprep" / f"sub-{sub}" / "func"
+
+
+def _bold_json(ds: Path) -> Path:
+    return next(_func(ds).glob("*_desc-preproc_bold.json"))
+
+
+def _bold(ds: Path) -> Path:
+    return next(_func(ds).glob("*_desc-preproc_bold.nii.gz"))
+
+
+def _confounds(ds: Path) -> Path:
+    return next(_func(ds).glob("*_desc-confounds_timeseries.tsv"))
+
+
+def _set_json(path: Path, **values: object) -> Path:
+    meta = json.loads(path.read_text())
+    meta.update(values)
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def _edit_confounds(ds: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    path = _confounds(ds)
+    edit(pd.read_csv(path, sep="\t")).to_csv(path, sep="\t", index=False, na_rep="n/a")
+    return path
+
+
+def _fd(value: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def edit(table: pd.DataFrame) -> pd.DataFrame:
+        table["framewise_displacement"] = value
+        return table
+    return edit
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def _nan_bold(path: Path) -> Path:
+    img = nb.load(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[..., 5] = np.nan
+    nb.Nifti1Image(data, img.affine, img.header).to_filename(path)
+    return path
+
+
+def _big_card(ds: Path, tmp: Path) -> Path:
+    model = tmp / "bigmodel"
+    shutil.copytree(Path(__file__).parents[1] / "brainfm" / "data" / "models" / "default", model)
+    card = json.loads((model / "model_card.json").read_text())
+    card["ensemble"]["members"][0]["config"]["d_model"] = 10**7
+    (model / "model_card.json").write_text(json.dumps(card))
+    return model
+
+
+# Each case: (id, setup(ds, tmp) -> (extra options, text the message must contain), exit code).
+# setup may break the dataset copy ``ds`` and prepare things in ``tmp`` (outside the input).
+PARTICIPANT_CASES: list[tuple[str, Callable[[Path, Path], tuple[list[str], str]], int]] = [
+    ("tr-not-a-number",
+     lambda ds, tmp: ([], str(_set_json(_bold_json(ds), RepetitionTime="two"))), 66),
+    ("tr-in-milliseconds",
+     lambda ds, tmp: ([], str(_set_json(_bold_json(ds), RepetitionTime=2000))), 66),
+    ("tr-zero", lambda ds, tmp: ([], str(_set_json(_bold_json(ds), RepetitionTime=0))), 66),
+    ("fd-all-na-with-censoring",
+     lambda ds, tmp: (["--fd-thresh", "0.5"], str(_edit_confounds(ds, _fd("n/a")))), 66),
+    ("fd-not-numeric-with-censoring",
+     lambda ds, tmp: (["--fd-thresh", "0.5"], str(_edit_confounds(ds, _fd("high")))), 66),
+    ("confound-column-missing",
+     lambda ds, tmp: ([], str(_edit_confounds(ds, lambda t: t.drop(columns="global_signal")))),
+     66),
+    ("confounds-file-missing",
+     lambda ds, tmp: ([], _confounds(ds).unlink() or "confounds"), 66),
+    ("confounds-fewer-rows",
+     lambda ds, tmp: ([], str(_edit_confounds(ds, lambda t: t.iloc[:-5]))), 66),
+    ("bold-truncated", lambda ds, tmp: ([], str(_truncate(_bold(ds)))), 66),
+    ("bold-with-nans", lambda ds, tmp: ([], _nan_bold(_bold(ds)).name), 66),
+    ("band-pass-inverted",
+     lambda ds, tmp: (["--lower-bpf", "0.1", "--upper-bpf", "0.01"], "--lower-bpf"), 64),
+    ("unknown-participant",  # 18: the filters selected nothing (README's exit codes)
+     lambda ds, tmp: (["--participant-label", "99"], "sub-99"), 18),
+    ("unknown-atlas", lambda ds, tmp: (["--atlases", "NoSuchAtlas"], "NoSuchAtlas"), 64),
+    ("model-folder-missing",
+     lambda ds, tmp: (["--model", str(tmp / "nomodel")], str(tmp / "nomodel")), 66),
+    ("model-card-absurd-size",
+     lambda ds, tmp: (["--model", str(_big_card(ds, tmp))], "model_card.json"), 66),
+    ("work-dir-inside-input",
+     lambda ds, tmp: (["-w", str(ds / "bids" / "work")], str(ds / "bids" / "work")), 64),
+]
+
+
+@pytest.mark.parametrize(("setup", "expected"), [c[1:] for c in PARTICIPANT_CASES],
+                         ids=[c[0] for c in PARTICIPANT_CASES])
+def test_participant_bad_input(base_dataset: Path, tmp_path: Path, setup, expected: int,
+                               capfd: pytest.CaptureFixture[str]) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    extra, names = setup(ds, tmp_path)
+    before = snapshot(ds)
+    out = tmp_path / "out"
+    work = [] if "-w" in extra else ["-w", str(tmp_path / "work")]
+    code = brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
+                         "--nprocs", "1", "--min-time", "0", *work, *extra])
+    assert_contract(capfd, code, expected, "brainfm", names, before, ds)
+    # nothing of a participant is published by a run that failed
+    assert not list(out.glob("sub-*")) if out.is_dir() else True
+
+
+def test_usage_errors_exit_64_with_one_line(tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--nuisance-regressors", "99P"], ["--nprocs", "two"], ["--fd-thresh", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            brainfm_main([str(tmp_path), str(tmp_path / "out"), "participant", *argv])
+        out, err = capfd.readouterr()
+        assert exc.value.code == 64 and argv[1] in err and "Traceback" not in out + err
+        assert not (tmp_path / "out").exists()
+
+
+def test_output_problems(base_dataset: Path, tmp_path: Path,
+                         capfd: pytest.CaptureFixture[str]) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+
+    def run(out: Path) -> int:
+        return brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
+                             "--nprocs", "1", "-w", str(tmp_path / "work")])
+
+    # the output folder is a file
+    (tmp_path / "file").write_text("x")
+    assert_contract(capfd, run(tmp_path / "file"), 64, "brainfm", str(tmp_path / "file"),
+                    before, ds)
+    # a symbolic link in the output that leads into the input
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "sub-01").symlink_to(ds / "bids" / "sub-01")
+    assert_contract(capfd, run(linked), 64, "brainfm", str(linked / "sub-01"), before, ds)
+    # an output dataset_description.json that is not a JSON object
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "dataset_description.json").write_text("[1, 2]")
+    assert_contract(capfd, run(listed), 64, "brainfm", str(listed / "dataset_description.json"),
+                    before, ds)
+    # bids_dir that does not exist
+    code = brainfm_main([str(tmp_path / "nope"), str(tmp_path / "o"), "participant"])
+    assert_contract(capfd, code, 66, "brainfm", str(tmp_path / "nope"), before, ds)
+    # bids_dir equal to the output
+    code = brainfm_main([str(ds / "bids"), str(ds / "bids"), "participant"])
+    assert_contract(capfd, code, 64, "brainfm", str(ds / "bids"), before, ds)
+
+
+def test_all_runs_excluded_is_warned_and_counted(base_dataset: Path, tmp_path: Path,
+                                                 capfd: pytest.CaptureFixture[str],
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="brainfm")
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    img = nb.load(_bold(ds))
+    nb.Nifti1Image(np.zeros(img.shape, np.float32), img.affine, img.header).to_filename(_bold(ds))
+    before = snapshot(ds)
+    out = tmp_path / "out"
+    code = brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
+                         "--nprocs", "1", "--min-time", "0", "-w", str(tmp_path / "work")])
+    out_text, err = capfd.readouterr()
+    assert code == 0 and "Traceback" not in out_text + err
+    err = err + caplog.text
+    assert "WARNING" in err and "sub-01: every run was excluded" in err and "carry a signal" in err
+    assert "sub-02: every run" not in err
+    assert "(1 included, 1 excluded)" in err
+    assert snapshot(ds) == before
+    predictions = pd.read_csv(out / "sub-01" / "func" / "sub-01_desc-brainfm_predictions.tsv",
+                              sep="\t", keep_default_na=False)
+    assert predictions.loc[0, "age"] == "n/a"
+
+
+@pytest.mark.parametrize(("nprocs", "signum"), [("1", signal.SIGTERM), ("2", signal.SIGINT)])
+def test_signal_gives_one_line_and_128_plus_signal(base_dataset: Path, tmp_path: Path,
+                                                   nprocs: str, signum: int) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+    cmd = [sys.executable, "-m", "brainfm.bidsapp.cli", str(ds / "bids"), str(tmp_path / "out"),
+           "participant", "--skip-bids-validation", "--nprocs", nprocs,
+           "-w", str(tmp_path / "work")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NIPYPE_NO_ET": "1"})
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # wait until the workflow runs
+        if "nipype plugin" in line or time.monotonic() > deadline:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode in (128 + signum, 0), err  # 0: it finished before the signal
+    if proc.returncode:
+        assert err.strip().splitlines() == [f"brainfm: interrupted by {name}; rerun the "
+                                            "same command to finish"], err
+        assert "Traceback" not in out + err
+    assert snapshot(ds) == before
+
+
+# --------------------------------------------------------------------------------------------
+# importer
+# --------------------------------------------------------------------------------------------
+
+PHENOTYPE_CASES = [  # (id, column, row, value, text of the message)
+    ("sub-id-not-a-number", "SUB_ID", 0, "abc", "SUB_ID 'abc'"),
+    ("sub-id-negative", "SUB_ID", 0, "-5", "SUB_ID '-5'"),
+    ("age-as-words", "AGE_AT_SCAN", 1, "twelve", "'twelve'"),
+    ("age-overflows", "AGE_AT_SCAN", 1, "1e400", "'1e400'"),
+    ("age-negative", "AGE_AT_SCAN", 1, "-3", "'-3'"),
+    ("piq-as-words", "PIQ", 1, "high", "'high'"),
+    ("duplicate-file-id", None, 0, None, "also on line 2"),
+]
+
+
+@pytest.mark.parametrize(("column", "row", "value", "text"), [c[1:] for c in PHENOTYPE_CASES],
+                         ids=[c[0] for c in PHENOTYPE_CASES])
+def test_importer_phenotype_values(tmp_path: Path, column: str | None, row: int, value: str,
+                                   text: str, capfd: pytest.CaptureFixture[str]) -> None:
+    src = make_fake_pcp(tmp_path / "pcp")
+    csv = src / "Phenotypic_V1_0b_preprocessed1.csv"
+    table = pd.read_csv(csv, dtype=str)
+    if column is None:
+        table = pd.concat([table, table.iloc[[row]]])
+    else:
+        table.loc[row, column] = value
+    table.to_csv(csv, index=False)
+    before = snapshot(src)
+    code = import_main(["pcp", str(src), str(tmp_path / "out")])
+    line = assert_contract(capfd, code, 66, "brainfm-import", str(csv), before, src)
+    assert text in line and "line" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_importer_output_problems(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    src = make_fake_pcp(tmp_path / "pcp", archive=True)
+    before = snapshot(src)
+    (tmp_path / "file").write_text("x")
+    code = import_main(["pcp", str(src), str(tmp_path / "file")])
+    assert_contract(capfd, code, 64, "brainfm-import", str(tmp_path / "file"), before, src)
+    code = import_main(["pcp", str(src), str(src / "inside")])
+    assert_contract(capfd, code, 64, "brainfm-import", str(src / "inside"), before, src)
+    code = import_main(["pcp", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert_contract(capfd, code, 66, "brainfm-import", str(tmp_path / "missing"), before, src)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+
+def test_training_bad_input(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from toy_cohort import make_toy_cohort
+
+    toy = tmp_path / "toy"
+    make_toy_cohort(toy, 12, seed=1)
+    before = snapshot(toy)
+    common = ["--epochs", "1", "--window", "32", "--patch-len", "4", "-o", str(tmp_path / "o")]
+    code = train_main(["finetune", str(tmp_path / "nope"), "--target", "age", *common])
+    assert_contract(capfd, code, 66, "brainfm-train", str(tmp_path / "nope"), before, toy)
+    code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "iq=FSIQ", *common])
+    assert_contract(capfd, code, 64, "brainfm-train", "FSIQ", before, toy)
+    table = tmp_path / "participants.tsv"
+    table.write_text("participant_id\tage\nsub-999\t20\n")
+    code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "age",
+                       "--participants-tsv", str(table), *common])
+    assert_contract(capfd, code, 66, "brainfm-train", str(table), before, toy)
+    code = train_main(["predict", "--model", str(tmp_path / "nomodel"), str(toy),
+                       "-o", str(tmp_path / "p.tsv")])
+    assert_contract(capfd, code, 66, "brainfm-train", str(tmp_path / "nomodel"), before, toy)

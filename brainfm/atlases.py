@@ -81,6 +81,9 @@ class Atlas:
         Terms of use of the image (``None`` for user atlases).
     citation : str
         Reference(s) to cite when the atlas is used.
+    transform : pathlib.Path or None
+        The TemplateFlow transform the image was warped with into ``space``
+        (:mod:`brainfm.atlas_spaces`); ``None`` for an image drawn in ``space``.
     """
 
     name: str
@@ -91,6 +94,7 @@ class Atlas:
     source: str
     licence_file: Path | None
     citation: str
+    transform: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,34 @@ def templateflow_home() -> Path:
     except ImportError:  # platformdirs comes with templateflow; fall back to the XDG default
         return (Path.home() / ".cache" / "templateflow").absolute()
     return Path(user_cache_dir("templateflow")).absolute()
+
+
+def templateflow_atlas(name: str, space: str) -> Path | None:
+    """The user's TemplateFlow copy of a built-in atlas in another template space, if any.
+
+    Parameters
+    ----------
+    name : str
+        Built-in atlas name or alias.
+    space : str
+        TemplateFlow template (e.g. ``MNI152NLin2009cAsym``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        A non-empty ``tpl-<space>/tpl-<space>_res-*_atlas-..._dseg.nii.gz`` in
+        ``TEMPLATEFLOW_HOME`` (the bundled resolution first, then the finest), or ``None`` when
+        the atlas is not in TemplateFlow (CC200) or the user has no copy.
+    """
+    spec = _SPECS[_resolve_name(name)]
+    if not spec.templateflow:
+        return None
+    desc = f"_desc-{spec.desc}" if spec.desc else ""
+    folder = templateflow_home() / f"tpl-{space}"
+    found = [p for p in sorted(folder.glob(f"tpl-{space}_res-*_atlas-{spec.tf_atlas}{desc}"
+                                           "_dseg.nii.gz")) if _non_empty(p)]
+    found.sort(key=lambda p: (f"_res-{spec.res}_" not in p.name, p.name))
+    return found[0] if found else None
 
 
 def _base_name(spec: _AtlasSpec) -> str:

@@ -91,25 +91,39 @@ def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Pat
 #: Environment variable holding the input folders no write may land in (``os.pathsep``-joined);
 #: an environment variable so that nipype's worker processes and cluster jobs inherit it.
 PROTECTED_ENV = "BRAINFM_PROTECTED_INPUTS"
+#: The folders inside a protected input that may be written (the output dataset only).
+ALLOWED_ENV = "BRAINFM_ALLOWED_OUTPUTS"
 
 
 @contextlib.contextmanager
-def protected_inputs(folders: Sequence[str | Path]) -> Iterator[None]:
+def protected_inputs(folders: Sequence[str | Path | None],
+                     allowed: Sequence[str | Path | None] = ()) -> Iterator[None]:
     """Refuse, inside the block, any write into ``folders`` (here and in child processes).
 
     Every brainfm output goes through :func:`write_text_atomic`, :func:`copy_atomic` or
     :func:`output_lock`, which resolve the destination (symbolic links included) and call
     :func:`check_writable_path`. The previous setting is restored on exit.
+
+    Parameters
+    ----------
+    folders : sequence of path
+        The input datasets (None entries are skipped).
+    allowed : sequence of path, optional
+        Folders inside an input that may be written all the same: the output dataset at
+        ``bids_dir/derivatives/<name>``, where BIDS puts derivatives.
     """
-    previous = os.environ.get(PROTECTED_ENV)
-    os.environ[PROTECTED_ENV] = os.pathsep.join(str(Path(f).resolve()) for f in folders if f)
+    values = {PROTECTED_ENV: folders, ALLOWED_ENV: allowed}
+    previous = {name: os.environ.get(name) for name in values}
+    for name, paths in values.items():
+        os.environ[name] = os.pathsep.join(str(Path(f).resolve()) for f in paths if f)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(PROTECTED_ENV, None)
-        else:
-            os.environ[PROTECTED_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def check_writable_path(path: Path) -> None:
@@ -125,6 +139,9 @@ def check_writable_path(path: Path) -> None:
     if not protected:
         return
     target = Path(path).resolve()
+    allowed = [Path(p) for p in os.environ.get(ALLOWED_ENV, "").split(os.pathsep) if p]
+    if any(target == root or root in target.parents for root in allowed):
+        return
     for root in protected:
         if target == root or root in target.parents:
             raise UsageError(

@@ -103,9 +103,12 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
     for label, atlas_info in info["atlases"].items():
         ents = {**run_ents, "space": run["space"], "atlas": label}
         atlas_source = f"atlases/atlas-{label}/"
+        # where the atlas was drawn and how it reached the BOLD's space (brainfm.atlas_spaces)
+        placement = {k: v for k, v in (run.get("atlas_placement") or {}).get(label, {}).items()
+                     if v is not None}
         put_tsv(result_dir / f"atlas-{label}_coverage.tsv", {**ents, "stat": "coverage"}, "bold",
                 {"Description": "Fraction of each parcel's voxels inside the brain mask with a "
-                                "valid signal.",
+                                "valid signal.", **placement,
                  "CoverageThreshold": settings["min_coverage"],
                  "LowCoverageROIs": atlas_info["low_coverage"],
                  "Sources": [sources[0], sources[1], atlas_source]})
@@ -113,12 +116,13 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
             continue
         put_tsv(result_dir / f"atlas-{label}_timeseries.tsv", {**ents, "stat": "mean"},
                 "timeseries",
-                {**common, "Atlas": label, "CoverageThreshold": settings["min_coverage"],
+                {**common, "Atlas": label, **placement,
+                 "CoverageThreshold": settings["min_coverage"],
                  "LowCoverageROIs": atlas_info["low_coverage"],
                  "Sources": [*sources, atlas_source]})
         put_tsv(result_dir / f"atlas-{label}_relmat.tsv",
                 {**ents, "stat": "pearsoncorrelation"}, "relmat",
-                {**common, "Atlas": label, "Measure": "Pearson correlation",
+                {**common, "Atlas": label, **placement, "Measure": "Pearson correlation",
                  "Sources": [*sources, atlas_source]}, index=True)
     return [str(p) for p in written]
 
@@ -175,6 +179,8 @@ def copy_atlases(output_dir: str | Path, atlases: list[Atlas]) -> list[str]:
             written.append(write_tsv_atomic(folder / f"{base}.tsv", atlas.labels))
             sidecar = {"Name": atlas.name, "Space": atlas.space, "Source": atlas.source,
                        "Citation": atlas.citation}
+            if atlas.transform is not None:
+                sidecar["Transform"] = str(atlas.transform)
             if atlas.licence_file:
                 licence = copy_atomic(atlas.licence_file, folder / Path(atlas.licence_file).name)
                 sidecar["License"] = licence.name

@@ -34,7 +34,7 @@ def test_missing_bids_dir_is_66(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("inside", ["", "derivatives/brainfm"])
+@pytest.mark.parametrize("inside", ["", "sub-01", "derivatives"])  # derivatives/<name> is fine
 def test_output_inside_input_is_64(tmp_path, capsys, inside):
     bids = tmp_path / "bids"
     bids.mkdir()

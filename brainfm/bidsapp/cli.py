@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="index/name table of --atlas-file (BIDS dseg.tsv)")
     par.add_argument("--atlas-name", default="Custom",
                      help="alphanumeric BIDS atlas- label of --atlas-file")
+    par.add_argument("--allow-atlas-space-mismatch", action="store_true",
+                     help="parcellate BOLD in another template space than the atlas (e.g. "
+                          "MNI152NLin2009cAsym with the MNI152NLin6Asym atlases) when "
+                          "TEMPLATEFLOW_HOME has neither the atlas in that space nor the "
+                          "transform to warp it (approximate; see the README)")
     par.add_argument("--min-coverage", type=float, default=0.5,
                      help="ROIs with less of their voxels in the brain mask are set to n/a")
 
@@ -155,7 +160,7 @@ def _run(args: argparse.Namespace) -> None:
 
     config = from_args(args)
     _limit_threads(config.omp_nthreads)
-    with protected_inputs([config.bids_dir, config.fmriprep_dir]):
+    with protected_inputs([config.bids_dir, config.fmriprep_dir], allowed=[config.output_dir]):
         if config.analysis_level == "group":
             from brainfm.bidsapp.group import run_group_level
 

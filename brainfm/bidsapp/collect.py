@@ -241,9 +241,8 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
                 "--output-spaces MNI152NLin6Asym:res-2."
             )
         if space != SUPPORTED_SPACES[0]:
-            LOGGER.info("Using %s BOLD for %s: the bundled atlases are in MNI152NLin6Asym; the "
-                        "small difference between the two MNI templates is ignored.",
-                        space, Path(spaces[space].path).name)
+            LOGGER.info("Using %s BOLD for %s (the atlases are placed in that space before "
+                        "parcellation: brainfm.atlas_spaces)", space, Path(spaces[space].path).name)
         bold_file = spaces[space]
         bold = Path(bold_file.path)
         ents = bold_file.get_entities()

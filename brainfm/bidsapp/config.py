@@ -36,6 +36,7 @@ class Config:
     lower_bpf: float | None = None
     upper_bpf: float | None = None
     min_coverage: float = 0.5
+    allow_atlas_space_mismatch: bool = False
     min_time: float = 120.0
     work_dir: Path = Path("work")
     nprocs: int = 1
@@ -72,6 +73,11 @@ def _strip_prefix(labels: list[str] | None, prefix: str) -> list[str]:
 def _is_inside(child: Path, parent: Path) -> bool:
     child, parent = child.resolve(), parent.resolve()
     return child == parent or parent in child.parents
+
+
+def is_derivatives_folder(output_dir: Path, bids_dir: Path) -> bool:
+    """True for ``bids_dir/derivatives/<name>``: the one place inside a dataset brainfm writes."""
+    return output_dir.resolve().parent == (bids_dir / "derivatives").resolve()
 
 
 def is_fmriprep_dataset(path: Path) -> bool:
@@ -152,7 +158,8 @@ def check_links_into_inputs(folder: Path, inputs: list[Path], depth: int = 3) ->
             for entry in parent.iterdir():
                 if entry.is_symlink():
                     target = entry.resolve()
-                    if any(_is_inside(target, root) for root in inputs):
+                    if any(_is_inside(target, root) for root in inputs) and not _is_inside(
+                            target, folder):
                         raise UsageError(
                             f"{entry} is a symbolic link to {target}, inside the input dataset; "
                             "brainfm never writes into its inputs: remove the link or choose "
@@ -176,12 +183,18 @@ def from_args(args: Any) -> Config:
     output_dir = Path(args.output_dir).absolute()
     if not bids_dir.is_dir():
         raise InputError(f"bids_dir {bids_dir} does not exist or is not a folder")
-    if _is_inside(output_dir, bids_dir):
+    if _is_inside(output_dir, bids_dir) and not is_derivatives_folder(output_dir, bids_dir):
         raise UsageError(
             f"output_dir {output_dir} is {bids_dir} or inside it; brainfm never writes into the "
-            "input dataset. Choose an output folder outside the BIDS dataset."
+            f"input dataset. Choose {bids_dir / 'derivatives' / 'brainfm'} (where BIDS puts "
+            "derivatives) or a folder outside the dataset."
         )
-    work_dir = Path(args.work_dir).absolute() if args.work_dir else output_dir.parent / "work"
+    if args.work_dir:
+        work_dir = Path(args.work_dir).absolute()
+    else:  # beside the output, or (output in bids_dir/derivatives) ./work as fMRIPrep's default
+        work_dir = output_dir.parent / "work"
+        if _is_inside(work_dir, bids_dir):
+            work_dir = Path.cwd().absolute() / "work"
     if _is_inside(work_dir, bids_dir):
         raise UsageError(f"work dir {work_dir} is inside the input dataset {bids_dir}; give "
                          "-w/--work-dir outside it")
@@ -201,6 +214,9 @@ def from_args(args: Any) -> Config:
             raise UsageError(f"work dir {work_dir} is inside the input derivatives "
                              f"{fmriprep_dir}; give -w/--work-dir outside it")
     inputs = [bids_dir] + ([fmriprep_dir] if fmriprep_dir is not None else [])
+    if fmriprep_dir is not None and _is_inside(fmriprep_dir, output_dir):
+        raise UsageError(f"output_dir {output_dir} holds the input derivatives {fmriprep_dir}; "
+                         "choose another output folder")
     check_links_into_inputs(output_dir, inputs)
     check_links_into_inputs(work_dir, inputs)
     if (args.atlas_file is None) != (args.atlas_labels is None):
@@ -236,6 +252,7 @@ def from_args(args: Any) -> Config:
         lower_bpf=args.lower_bpf,
         upper_bpf=args.upper_bpf,
         min_coverage=args.min_coverage,
+        allow_atlas_space_mismatch=args.allow_atlas_space_mismatch,
         min_time=args.min_time,
         work_dir=work_dir,
         nprocs=nprocs,

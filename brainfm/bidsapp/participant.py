@@ -7,7 +7,10 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from brainfm.atlas_spaces import place_atlases
+from brainfm.atlases import Atlas
 from brainfm.bidsapp.collect import collect_runs
 from brainfm.bidsapp.config import Config
 from brainfm.bidsapp.preflight import check_runs
@@ -221,8 +224,16 @@ def run_participant_level(config: Config) -> None:
         raise UsageError(f"unknown denoising strategy '{config.nuisance_regressors}' "
                          f"(choose from {', '.join(list_strategies())})")
     band_pass(config.nuisance_regressors, config.lower_bpf, config.upper_bpf)  # inverted?
-    if not config.skip_bids_validation:
-        validate_bids(config.bids_dir, derivative=config.bids_dir == config.fmriprep_dir)
+    if config.skip_bids_validation:
+        pass
+    elif config.bids_dir == config.fmriprep_dir:
+        # fMRIPrep's folder is no raw dataset, and the validator does not know its own files
+        # (confounds, figures/, logs/); brainfm checks each file it reads (collect_runs)
+        LOGGER.info("%s is an fMRIPrep derivatives dataset: the BIDS validator checks raw "
+                    "datasets, so it is not run; brainfm checks the files it reads",
+                    config.bids_dir)
+    else:
+        validate_bids(config.bids_dir)
     model_dir, model_atlas = prepare_model(config, [a.label for a in atlases])
     _configure_nipype_logging(config.verbosity, config.work_dir / "logs" / "nipype.log")
     if config.fmriprep_dir is None:
@@ -232,20 +243,24 @@ def run_participant_level(config: Config) -> None:
                         config.task_id)
     settings = workflow_settings(config)
     check_runs(runs, settings)
+    placed = place_atlases(atlases, {run.space: run.bold_file for sub_runs in runs.values()
+                                     for run in sub_runs}, config.work_dir / "atlases",
+                           config.allow_atlas_space_mismatch)
     n_runs = sum(len(r) for r in runs.values())
     LOGGER.info("brainfm participant level: %d participant(s), %d run(s), atlases %s, "
                 "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
                 config.nuisance_regressors)
 
     init_output_dataset(config.output_dir, [str(config.bids_dir), str(config.fmriprep_dir)])
-    copy_atlases(config.output_dir, atlases)
+    copy_atlases(config.output_dir, unique_atlases(placed))
 
     from brainfm.workflows.base import init_brainfm_wf
 
     config.work_dir.mkdir(parents=True, exist_ok=True)
     settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(
-        {sub: [run.to_dict() for run in sub_runs] for sub, sub_runs in runs.items()},
+        {sub: [{**run.to_dict(), **atlas_inputs(placed[run.space])} for run in sub_runs]
+         for sub, sub_runs in runs.items()},
         settings, config.output_dir, config.work_dir,
     )
     crash_dir = config.work_dir / "crash"
@@ -278,6 +293,25 @@ def run_participant_level(config: Config) -> None:
     included, excluded = summarise_runs(config.output_dir, sorted(runs))
     LOGGER.info("brainfm finished %d run(s) in %.1f s (%d included, %d excluded); outputs in %s",
                 n_runs, time.time() - started, included, excluded, config.output_dir)
+
+
+def atlas_inputs(atlases: list[Atlas]) -> dict[str, dict[str, Any]]:
+    """What a run's nodes need of its placed atlases: the images, and what the sidecars say."""
+    return {
+        "atlas_images": {a.label: str(a.image) for a in atlases},
+        "atlas_placement": {a.label: {"AtlasSpace": a.space, "AtlasSource": a.source,
+                                      "AtlasTransform": str(a.transform) if a.transform else None}
+                            for a in atlases},
+    }
+
+
+def unique_atlases(placed: dict[str, list[Atlas]]) -> list[Atlas]:
+    """Each (atlas, space) once, for the copies in ``output_dir/atlases``."""
+    seen: dict[tuple[str, str], Atlas] = {}
+    for atlases in placed.values():
+        for atlas in atlases:
+            seen.setdefault((atlas.label, atlas.space), atlas)
+    return list(seen.values())
 
 
 def summarise_runs(output_dir: Path, subjects: list[str]) -> tuple[int, int]:

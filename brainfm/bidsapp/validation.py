@@ -22,15 +22,13 @@ def validator_executable() -> str | None:
     return shutil.which("bids-validator-deno")
 
 
-def validate_bids(bids_dir: Path, derivative: bool = False) -> None:
+def validate_bids(bids_dir: Path) -> None:
     """Run the BIDS validator on ``bids_dir``; raise on errors (warnings are logged).
 
     Parameters
     ----------
     bids_dir : Path
         The dataset to check.
-    derivative : bool
-        Validate as a derivatives dataset (``--datasetTypes derivative``).
 
     Raises
     ------
@@ -43,8 +41,6 @@ def validate_bids(bids_dir: Path, derivative: bool = False) -> None:
                        "(install bids-validator-deno, or pass --skip-bids-validation)", bids_dir)
         return
     cmd = [exe, str(bids_dir), "--format", "json", "--ignoreNiftiHeaders"]
-    if derivative:
-        cmd += ["--datasetTypes", "derivative"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     try:
         report = json.loads(proc.stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -72,6 +74,8 @@ class _ExtractInputSpec(BaseInterfaceInputSpec):
     atlas_labels = File(exists=True, desc="user atlas index/name table")
     atlas_name = traits.Str("Custom", usedefault=True, desc="BIDS label of the user atlas")
     min_coverage = traits.Float(0.5, usedefault=True, desc="minimum ROI coverage")
+    atlas_images = traits.Dict(traits.Str, traits.Str, desc="atlas label to the image to use "
+                               "instead of its own (the atlas placed in the BOLD's space)")
 
 
 class _ExtractOutputSpec(TraitedSpec):
@@ -91,6 +95,9 @@ class ExtractROISignals(SimpleInterface):
             self.inputs.atlas_labels or None,
             self.inputs.atlas_name,
         )
+        images = self.inputs.atlas_images if isdefined(self.inputs.atlas_images) else {}
+        atlases = [replace(a, image=Path(images[a.label])) if a.label in images else a
+                   for a in atlases]
         signals = extract_roi_signals(self.inputs.bold_file, atlases, self.inputs.mask_file,
                                       min_coverage=self.inputs.min_coverage)
         out = save_parcel_signals(Path(runtime.cwd) / "roi_signals.npz", signals)

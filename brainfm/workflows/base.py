@@ -50,6 +50,7 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
         ),
         name="extract_roi_signals",
     )
+    extract.inputs.atlas_images = dict(run.get("atlas_images") or {})
     if settings.get("atlas_file"):
         extract.inputs.atlas_file = str(settings["atlas_file"])
         extract.inputs.atlas_labels = str(settings["atlas_labels"])

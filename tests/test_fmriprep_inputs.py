@@ -1,0 +1,107 @@
+"""fMRIPrep outputs as labs have them: where the output and the work folder may go."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from brainfm.bidsapp.cli import main
+from brainfm.testdata import make_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            + str(p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and (skip is None or skip not in p.parents)}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("fmriprep") / "ds", n_subjects=1, n_volumes=60,
+                        seed=5).out_dir
+
+
+def test_output_in_bids_derivatives_is_accepted(base: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    out = bids / "derivatives" / "brainfm"
+    before = snapshot(bids)
+    monkeypatch.chdir(tmp_path)  # the default work dir (./work, as fMRIPrep's) lands here
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+                 "--min-time", "0"])
+    assert code == 0, capfd.readouterr().err
+    # the input is unchanged but for the new derivatives folder, and no work folder is in it
+    assert snapshot(bids, skip=out) == before
+    assert sorted(p.name for p in (bids / "derivatives").iterdir()) == ["brainfm", "fmriprep"]
+    assert (tmp_path / "work" / "brainfm_wf").is_dir()
+    assert list((out / "sub-01" / "func").glob("*_timeseries.tsv"))
+    # a rerun does not take its own outputs for inputs
+    assert main([str(bids), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+                 "--model", "none", "--min-time", "0"]) == 0
+    # group level there too
+    assert main([str(bids), str(out), "group"]) == 0
+    assert snapshot(bids, skip=out) == before
+
+
+@pytest.mark.parametrize("where", ["bids", "sub-01", "derivatives/fmriprep/out",
+                                   "derivatives"])
+def test_other_places_inside_the_input_are_refused(base: Path, tmp_path: Path, where: str,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    out = bids / where if where != "bids" else bids
+    before = snapshot(bids)
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation",
+                 "-w", str(tmp_path / "w")])
+    err = capfd.readouterr().err
+    assert code == 64 and "Traceback" not in err and str(out) in err
+    assert snapshot(bids) == before
+
+
+def test_link_inside_a_derivatives_output_into_the_input_is_refused(
+        base: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    out = bids / "derivatives" / "brainfm"
+    out.mkdir()
+    os.symlink(bids / "sub-01", out / "sub-01")
+    before = snapshot(bids)
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation",
+                 "-w", str(tmp_path / "w")])
+    assert code == 64 and "symbolic link" in capfd.readouterr().err
+    assert snapshot(bids) == before
+
+
+def test_fmriprep_folder_as_bids_dir_with_validation_on(base: Path, tmp_path: Path,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    from brainfm.bidsapp.validation import validator_executable
+
+    if validator_executable() is None:
+        pytest.skip("bids-validator-deno is not installed (the test extra installs it)")
+    shutil.copytree(base, tmp_path / "ds")
+    fmriprep = tmp_path / "ds" / "bids" / "derivatives" / "fmriprep"
+    # what fMRIPrep writes beside the data, which the validator does not know
+    (fmriprep / "sub-01" / "figures").mkdir()
+    (fmriprep / "sub-01" / "figures" / "sub-01_desc-summary_T1w.html").write_text("<html/>")
+    (fmriprep / "logs").mkdir()
+    (fmriprep / "logs" / "CITATION.md").write_text("fMRIPrep")
+    (fmriprep / "sub-01.html").write_text("<html/>")
+    before = snapshot(fmriprep)
+    code = main([str(fmriprep), str(tmp_path / "out"), "participant", "--nprocs", "1",
+                 "--model", "none", "--min-time", "0", "-w", str(tmp_path / "w")])
+    assert code == 0, capfd.readouterr().err
+    assert snapshot(fmriprep) == before
+    assert list((tmp_path / "out" / "sub-01" / "func").glob("*_timeseries.tsv"))
+    # a raw dataset is still validated
+    (tmp_path / "ds" / "bids" / "sub-01" / "func" / "sub-01_task-rest_junk.txt").write_text("x")
+    code = main([str(tmp_path / "ds" / "bids"), str(tmp_path / "out2"), "participant",
+                 "-w", str(tmp_path / "w2")])
+    assert code == 16 and "sub-01_task-rest_junk.txt" in capfd.readouterr().err

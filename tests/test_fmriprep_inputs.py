@@ -105,3 +105,36 @@ def test_fmriprep_folder_as_bids_dir_with_validation_on(base: Path, tmp_path: Pa
     code = main([str(tmp_path / "ds" / "bids"), str(tmp_path / "out2"), "participant",
                  "-w", str(tmp_path / "w2")])
     assert code == 16 and "sub-01_task-rest_junk.txt" in capfd.readouterr().err
+
+
+def test_one_broken_participant_does_not_stop_the_others(tmp_path: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    truth = make_dataset(tmp_path / "ds", n_subjects=3, n_volumes=60, seed=2)
+    bids = truth.bids_dir
+    func = truth.fmriprep_dir / "sub-02" / "func"
+    bold = next(func.glob("*_desc-preproc_bold.nii.gz"))
+    bold.write_bytes(bold.read_bytes()[: bold.stat().st_size // 3])  # header fine, data cut
+    before = snapshot(bids)
+    out = tmp_path / "out"
+    common = ["participant", "--skip-bids-validation", "--nprocs", "1", "--min-time", "0"]
+    code = main([str(bids), str(out), *common, "-w", str(tmp_path / "w")])
+    err = capfd.readouterr().err
+    assert code == 66 and "Traceback" not in err  # the failure's own kind: a corrupt input
+    line = [ln for ln in err.splitlines() if ln.startswith("brainfm: error:")]
+    assert len(line) == 1 and "sub-02" in line[0] and "2 other participant(s) finished" in line[0]
+    for sub in ("01", "03"):  # the others are complete
+        assert (out / f"sub-{sub}" / f"sub-{sub}_desc-runs_qc.tsv").is_file()
+        assert (out / f"sub-{sub}" / "func" / f"sub-{sub}_desc-brainfm_predictions.tsv").is_file()
+    assert not (out / "sub-02").exists()
+    # a second broken participant, found before any work: both named, exit 1
+    next((truth.fmriprep_dir / "sub-03" / "func").glob("*_timeseries.tsv")).unlink()
+    before = snapshot(bids)
+    code = main([str(bids), str(tmp_path / "out2"), *common, "-w", str(tmp_path / "w2")])
+    err = capfd.readouterr().err
+    assert code == 1 and "2 of 3 participants failed: sub-03, sub-02" in err
+    assert (tmp_path / "out2" / "sub-01" / "sub-01_desc-runs_qc.tsv").is_file()
+    # --stop-on-first-crash: the first problem stops everything, before any work here
+    code = main([str(bids), str(tmp_path / "out3"), *common, "-w", str(tmp_path / "w3"),
+                 "--stop-on-first-crash"])
+    assert code == 66 and not (tmp_path / "out3").exists()
+    assert snapshot(bids) == before

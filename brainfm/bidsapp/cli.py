@@ -123,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf = parser.add_argument_group("performance")
     perf.add_argument("-w", "--work-dir", metavar="PATH",
                       help="nipype working directory (reused by reruns); default "
-                           "output_dir/../work")
+                           "output_dir/../work, or ./work when that is inside the dataset")
+    perf.add_argument("--stop-on-first-crash", action="store_true",
+                      help="stop every participant at the first failure (default: the other "
+                           "participants finish, and the failed ones are named at the end)")
     perf.add_argument("--nprocs", "--n-cpus", "--nthreads", type=int, default=0,
                       help="parallel processes (0: all CPUs)")
     perf.add_argument("--omp-nthreads", type=int, default=1,

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
-from brainfm.errors import InputError, NothingSelectedError
+from brainfm.errors import BrainfmError, InputError, NothingSelectedError
 
 LOGGER = logging.getLogger("brainfm.collect")
 
@@ -177,9 +177,38 @@ def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
     return tr, n_vols
 
 
+def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list) -> BoldRun:
+    """One run's BOLD in the preferred standard space, its mask and confounds, checked."""
+    spaces = {f.get_entities().get("space"): f for f in files}
+    space = next((s for s in SUPPORTED_SPACES if s in spaces), None)
+    if space is None:
+        names = ", ".join(sorted(Path(f.path).name for f in files))
+        raise InputError(
+            f"no BOLD in a standard space for {'_'.join(f'{k}-{v}' for k, v in entities)} "
+            f"(found: {names}). brainfm needs fMRIPrep outputs in MNI152NLin6Asym (preferred) "
+            "or MNI152NLin2009cAsym: rerun fMRIPrep with "
+            "--output-spaces MNI152NLin6Asym:res-2."
+        )
+    if space != SUPPORTED_SPACES[0]:
+        LOGGER.info("Using %s BOLD for %s (the atlases are placed in that space before "
+                    "parcellation: brainfm.atlas_spaces)", space, Path(spaces[space].path).name)
+    bold_file = spaces[space]
+    bold = Path(bold_file.path)
+    ents = bold_file.get_entities()
+    base = _query_entities(entities)
+    mask = _one(layout, "brain mask (desc-brain_mask)", bold, **base, space=space,
+                res=ents.get("res"), desc="brain", suffix="mask",
+                extension=[".nii.gz", ".nii"])
+    confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold, **base,
+                     desc="confounds", suffix="timeseries", extension=".tsv", space=None)
+    tr, n_vols = _check_run(bold, confounds, bold_file)
+    return BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
+
+
 def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None,
                  session_labels: list[str] | None = None,
-                 task: str = "rest") -> dict[str, list[BoldRun]]:
+                 task: str = "rest", failed: dict[str, BrainfmError] | None = None
+                 ) -> dict[str, list[BoldRun]]:
     """Collect and check the preprocessed BOLD runs of each selected participant.
 
     Parameters
@@ -192,6 +221,10 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
         Sessions to process (without ``ses-``); all when empty.
     task : str
         The task label (``rest``).
+    failed : dict, optional
+        When given, a participant whose run fails its checks is left out and its error put
+        here (participant label to error), so that the others can go on; by default the first
+        error is raised.
 
     Returns
     -------
@@ -229,34 +262,26 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
     for bids_file in candidates:
         by_run[_entities(bids_file)].append(bids_file)
     runs: dict[str, list[BoldRun]] = defaultdict(list)
+    failed_here: dict[str, BrainfmError] = {}
     for entities, files in sorted(by_run.items()):
-        spaces = {f.get_entities().get("space"): f for f in files}
-        space = next((s for s in SUPPORTED_SPACES if s in spaces), None)
-        if space is None:
-            names = ", ".join(sorted(Path(f.path).name for f in files))
-            raise InputError(
-                f"no BOLD in a standard space for {'_'.join(f'{k}-{v}' for k, v in entities)} "
-                f"(found: {names}). brainfm needs fMRIPrep outputs in MNI152NLin6Asym (preferred) "
-                "or MNI152NLin2009cAsym: rerun fMRIPrep with "
-                "--output-spaces MNI152NLin6Asym:res-2."
-            )
-        if space != SUPPORTED_SPACES[0]:
-            LOGGER.info("Using %s BOLD for %s (the atlases are placed in that space before "
-                        "parcellation: brainfm.atlas_spaces)", space, Path(spaces[space].path).name)
-        bold_file = spaces[space]
-        bold = Path(bold_file.path)
-        ents = bold_file.get_entities()
-        base = _query_entities(entities)
-        mask = _one(layout, "brain mask (desc-brain_mask)", bold, **base, space=space,
-                    res=ents.get("res"), desc="brain", suffix="mask",
-                    extension=[".nii.gz", ".nii"])
-        confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold, **base,
-                         desc="confounds", suffix="timeseries", extension=".tsv", space=None)
-        tr, n_vols = _check_run(bold, confounds, bold_file)
-        run = BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
+        subject = dict(entities)["sub"]
+        if subject in failed_here:
+            continue
+        try:
+            run = _collect_run(layout, entities, files)
+        except InputError as err:
+            if failed is None:
+                raise
+            failed_here[subject] = err
+            LOGGER.error("sub-%s is left out: %s", subject, err)
+            continue
         runs[run.subject].append(run)
+    for subject, err in failed_here.items():
+        runs.pop(subject, None)
+        if failed is not None:
+            failed[subject] = err
     for subject in wanted:
-        if subject not in runs:
+        if subject not in runs and subject not in failed_here:
             raise NothingSelectedError(
                 f"sub-{subject} has no preprocessed BOLD for task '{task}' in {fmriprep_dir}")
     return dict(runs)

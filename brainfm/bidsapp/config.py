@@ -37,6 +37,7 @@ class Config:
     upper_bpf: float | None = None
     min_coverage: float = 0.5
     allow_atlas_space_mismatch: bool = False
+    stop_on_first_crash: bool = False
     min_time: float = 120.0
     work_dir: Path = Path("work")
     nprocs: int = 1
@@ -253,6 +254,7 @@ def from_args(args: Any) -> Config:
         upper_bpf=args.upper_bpf,
         min_coverage=args.min_coverage,
         allow_atlas_space_mismatch=args.allow_atlas_space_mismatch,
+        stop_on_first_crash=args.stop_on_first_crash,
         min_time=args.min_time,
         work_dir=work_dir,
         nprocs=nprocs,

@@ -16,7 +16,7 @@ from brainfm.bidsapp.config import Config
 from brainfm.bidsapp.preflight import check_runs
 from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import init_output_dataset
-from brainfm.errors import BrainfmError, ProcessingError, UsageError
+from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
 from brainfm.outputs import copy_atlases
 
 LOGGER = logging.getLogger("brainfm")
@@ -149,27 +149,61 @@ def workflow_settings(config: Config) -> dict:
     }
 
 
-def error_from_crashfiles(crash_dir: Path, since: float) -> BrainfmError:
-    """Turn the nipype crash files written during this run into one brainfm error.
+def error_from_crashfile(crashfile: Path) -> tuple[str | None, BrainfmError]:
+    """The participant and the brainfm error of one nipype crash file.
 
     A node that raised a :class:`BrainfmError` keeps its class (and so its exit code) and its
     message; any other failure becomes a :class:`ProcessingError` naming the failing node.
     """
-    crashfiles = sorted(p for p in Path(crash_dir).glob("crash-*.txt")
-                        if p.stat().st_mtime >= since - 1)
-    if not crashfiles:
-        return ProcessingError(f"the workflow failed; see the log above and {crash_dir}")
-    text = crashfiles[0].read_text(errors="replace")
+    text = crashfile.read_text(errors="replace")
     node = re.search(r"^Node: (.+)$", text, flags=re.MULTILINE)
-    node_name = node.group(1).strip() if node else crashfiles[0].name
+    node_name = node.group(1).strip() if node else crashfile.name
+    subject = re.search(r"single_subject_([A-Za-z0-9]+)_wf", node_name)
     classes = _error_classes()
     matches = [_ERROR_LINE.match(line.strip()) for line in text.splitlines()]
     matches = [m for m in matches if m and m.group(1) in classes]
     if matches:
         cls = classes[matches[-1].group(1)]
-        return cls(f"{matches[-1].group(2)} (node {node_name}; details: {crashfiles[0]})")
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfiles[0]})")
+        error = cls(f"{matches[-1].group(2)} (node {node_name}; details: {crashfile})")
+    else:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        error = ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfile})")
+    return (subject.group(1) if subject else None), error
+
+
+def failures_from_crashfiles(crash_dir: Path, since: float) -> dict[str | None, BrainfmError]:
+    """The first error of each participant among the crash files written since ``since``.
+
+    Each is logged as an ERROR; a failure outside any participant is keyed ``None``.
+    """
+    crashfiles = sorted(p for p in Path(crash_dir).glob("crash-*.txt")
+                        if p.stat().st_mtime >= since - 1)
+    if not crashfiles:
+        return {None: ProcessingError(f"the workflow failed; see the log above and {crash_dir}")}
+    failed: dict[str | None, BrainfmError] = {}
+    for crashfile in crashfiles:
+        subject, error = error_from_crashfile(crashfile)
+        if subject not in failed:
+            failed[subject] = error
+            LOGGER.error("%s failed: %s", f"sub-{subject}" if subject else "the workflow", error)
+    return failed
+
+
+def combined_error(failed: dict[str | None, BrainfmError], n_participants: int) -> BrainfmError:
+    """One error for the participants that failed (the others finished).
+
+    A single failure keeps its class (and exit code) and message; several give a
+    :class:`ProcessingError` (exit 1) naming each participant.
+    """
+    finished = n_participants - len(failed)
+    if len(failed) == 1:
+        subject, error = next(iter(failed.items()))
+        if subject is None or n_participants == 1:
+            return error
+        return type(error)(f"sub-{subject}: {error} ({finished} other participant(s) finished)")
+    names = ", ".join(f"sub-{s}" if s else "the workflow" for s in failed)
+    return ProcessingError(f"{len(failed)} of {n_participants} participants failed: {names} "
+                           f"(each reason is logged above); {finished} finished")
 
 
 def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
@@ -239,10 +273,16 @@ def run_participant_level(config: Config) -> None:
     if config.fmriprep_dir is None:
         config.work_dir.mkdir(parents=True, exist_ok=True)
         config.fmriprep_dir = preprocess_raw(config)
+    # a participant with a bad input file is left out (and named at the end) unless
+    # --stop-on-first-crash; problems with the options stop everything
+    failed: dict[str | None, BrainfmError] | None = None if config.stop_on_first_crash else {}
     runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
-                        config.task_id)
+                        config.task_id, failed=failed)
     settings = workflow_settings(config)
-    check_runs(runs, settings)
+    check_runs(runs, settings, failed=failed)
+    n_selected = len(runs) + len(failed or {})
+    if not runs:
+        raise combined_error(failed or {}, n_selected)
     placed = place_atlases(atlases, {run.space: run.bold_file for sub_runs in runs.values()
                                      for run in sub_runs}, config.work_dir / "atlases",
                            config.allow_atlas_space_mismatch)
@@ -267,7 +307,7 @@ def run_participant_level(config: Config) -> None:
     workflow.config["execution"].update({
         "crashdump_dir": str(crash_dir),
         "crashfile_format": "txt",
-        "stop_on_first_crash": True,
+        "stop_on_first_crash": config.stop_on_first_crash,
         "remove_unnecessary_outputs": False,
         "poll_sleep_duration": config.poll_sleep,
     })
@@ -286,13 +326,22 @@ def run_participant_level(config: Config) -> None:
     else:
         plugin, plugin_args = "Linear", {}
     LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
+    plugin_args.setdefault("status_callback", stop_if_interrupted)
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
-        raise error_from_crashfiles(crash_dir, started) from err
+        if interrupted():
+            raise KeyboardInterrupt from err
+        crashed = failures_from_crashfiles(crash_dir, started)
+        done = [s for s in sorted(runs) if s not in crashed]
+        if done:
+            summarise_runs(config.output_dir, done)
+        raise combined_error({**(failed or {}), **crashed}, n_selected) from err
     included, excluded = summarise_runs(config.output_dir, sorted(runs))
     LOGGER.info("brainfm finished %d run(s) in %.1f s (%d included, %d excluded); outputs in %s",
                 n_runs, time.time() - started, included, excluded, config.output_dir)
+    if failed:
+        raise combined_error(failed, n_selected)
 
 
 def atlas_inputs(atlases: list[Atlas]) -> dict[str, dict[str, Any]]:
@@ -312,6 +361,18 @@ def unique_atlases(placed: dict[str, list[Atlas]]) -> list[Atlas]:
         for atlas in atlases:
             seen.setdefault((atlas.label, atlas.space), atlas)
     return list(seen.values())
+
+
+def stop_if_interrupted(node: Any, status: str) -> None:
+    """nipype status callback: stop for good once SIGINT/SIGTERM was received.
+
+    An interruption inside a node becomes a node failure, after which nipype runs the next
+    node when ``stop_on_first_crash`` is off (brainfm's default, so that one broken participant
+    does not stop the others). nipype calls this before each node and lets a
+    ``KeyboardInterrupt`` from it through.
+    """
+    if status == "start" and interrupted():
+        raise KeyboardInterrupt
 
 
 def summarise_runs(output_dir: Path, subjects: list[str]) -> tuple[int, int]:

@@ -15,43 +15,59 @@ from collections.abc import Mapping, Sequence
 
 from brainfm.bidsapp.collect import BoldRun
 from brainfm.derivatives import read_tsv
-from brainfm.errors import InputError
+from brainfm.errors import BrainfmError, InputError
 from brainfm.processing.denoise import check_run_inputs
 
 LOGGER = logging.getLogger("brainfm.preflight")
 
 
-def check_runs(runs: Mapping[str, Sequence[BoldRun]], settings: Mapping[str, object]) -> None:
+def check_runs(runs: dict[str, Sequence[BoldRun]], settings: Mapping[str, object],
+               failed: dict[str, BrainfmError] | None = None) -> None:
     """Check the confounds and options of every run (see the module docstring).
 
     Parameters
     ----------
-    runs : mapping
+    runs : dict
         Participant label to its runs (from ``collect_runs``).
     settings : mapping
         The workflow settings (``strategy``, ``fd_thresh``, ``dummy_scans``, ``lower_bpf``,
         ``upper_bpf``, ``min_time``).
+    failed : dict, optional
+        When given, a participant with a bad input file is removed from ``runs`` and its error
+        put here, so that the others can go on; by default the first problem is raised.
 
     Raises
     ------
     InputError, UsageError
-        The first problem found, naming the file and the fix.
+        The first problem found, naming the file and the fix (usage errors always: they
+        concern every participant).
     """
-    for sub_runs in runs.values():
-        for run in sub_runs:
-            try:
-                confounds = read_tsv(run.confounds_file)
-            except (OSError, ValueError) as err:
-                raise InputError(f"cannot read confounds file {run.confounds_file} ({err}); it "
-                                 "must be fMRIPrep's tab-separated table") from err
-            check_run_inputs(confounds, run.n_volumes, tr=run.repetition_time,
-                             strategy=str(settings["strategy"]),
-                             fd_thresh=settings["fd_thresh"], lower_bpf=settings["lower_bpf"],
-                             upper_bpf=settings["upper_bpf"],
-                             confounds_file=str(run.confounds_file))
-            usable = (run.n_volumes - int(settings["dummy_scans"])) * run.repetition_time
-            if usable < float(settings["min_time"]):
-                LOGGER.warning(
-                    "%s lasts %.0f s after %d dummy scan(s), less than --min-time %g s: it will "
-                    "be excluded (lower --min-time to keep it)", run.bold_file.name, usable,
-                    settings["dummy_scans"], settings["min_time"])
+    for subject in list(runs):
+        try:
+            _check_participant(runs[subject], settings)
+        except InputError as err:
+            if failed is None:
+                raise
+            failed[subject] = err
+            del runs[subject]
+            LOGGER.error("sub-%s is left out: %s", subject, err)
+
+
+def _check_participant(sub_runs: Sequence[BoldRun], settings: Mapping[str, object]) -> None:
+    for run in sub_runs:
+        try:
+            confounds = read_tsv(run.confounds_file)
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read confounds file {run.confounds_file} ({err}); it "
+                             "must be fMRIPrep's tab-separated table") from err
+        check_run_inputs(confounds, run.n_volumes, tr=run.repetition_time,
+                         strategy=str(settings["strategy"]),
+                         fd_thresh=settings["fd_thresh"], lower_bpf=settings["lower_bpf"],
+                         upper_bpf=settings["upper_bpf"],
+                         confounds_file=str(run.confounds_file))
+        usable = (run.n_volumes - int(settings["dummy_scans"])) * run.repetition_time
+        if usable < float(settings["min_time"]):
+            LOGGER.warning(
+                "%s lasts %.0f s after %d dummy scan(s), less than --min-time %g s: it will "
+                "be excluded (lower --min-time to keep it)", run.bold_file.name, usable,
+                settings["dummy_scans"], settings["min_time"])

@@ -69,7 +69,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
         "DenoisingStrategy": settings["strategy"],
         "NuisanceRegressors": info.get("nuisance_regressors", []),
         "FDThreshold": settings["fd_thresh"],
-        "DummyScans": settings["dummy_scans"],
+        "DummyScans": run["dummy_scans"],
         "BandpassFilter": {"HighPass": info.get("high_pass"), "LowPass": info.get("low_pass")},
         "NumberOfVolumes": info.get("n_volumes"),
         "NumberOfVolumesRetained": info.get("n_retained"),

@@ -138,3 +138,33 @@ def test_one_broken_participant_does_not_stop_the_others(tmp_path: Path,
                  "--stop-on-first-crash"])
     assert code == 66 and not (tmp_path / "out3").exists()
     assert snapshot(bids) == before
+
+
+def test_dummy_scans_auto_counts_fmriprep_non_steady_state_columns(
+        base: Path, tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from brainfm.processing.censoring import resolve_dummy_scans
+
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    confounds = next((bids / "derivatives" / "fmriprep" / "sub-01" / "func").glob(
+        "*_desc-confounds_timeseries.tsv"))
+    table = pd.read_csv(confounds, sep="\t")
+    for k in range(3):  # fMRIPrep's one-hot columns for volumes 0, 1, 2
+        table[f"non_steady_state_outlier{k:02d}"] = (table.index == k).astype(int)
+    table.to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    assert resolve_dummy_scans("auto", table) == 3 and resolve_dummy_scans(2, table) == 2
+    assert resolve_dummy_scans("auto", table.drop(columns=[c for c in table.columns
+                                                          if c.startswith("non_")])) == 0
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+                 "--model", "none", "--min-time", "0", "--fd-thresh", "0", "--dummy-scans",
+                 "auto", "-w", str(tmp_path / "w")]) == 0
+    func = out / "sub-01" / "func"
+    outliers = pd.read_csv(next(func.glob("*_outliers.tsv")), sep="\t")
+    assert outliers["dummy"].tolist()[:4] == [1, 1, 1, 0] and outliers["dummy"].sum() == 3
+    sidecar = json.loads(next(func.glob("*_stat-mean_timeseries.json")).read_text())
+    assert sidecar["DummyScans"] == 3 and sidecar["NumberOfVolumesRetained"] == 57

@@ -25,6 +25,16 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "off") else float(text)
 
 
+def _int_or_auto(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {value!r}"
+                                         ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, following the BIDS Apps conventions."""
     parser = UsageArgumentParser(
@@ -45,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel = parser.add_argument_group("selecting data")
     sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                      help="participants to process (with or without 'sub-'); default all")
-    sel.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+    sel.add_argument("--session-label", "--session_label", "--session-id", nargs="+",
+                     metavar="LABEL",
                      help="sessions to process (with or without 'ses-'); default all")
     sel.add_argument("--task-id", "--task_id", default="rest", help="task label of the BOLD runs")
     sel.add_argument("--fmriprep-dir", metavar="PATH",
@@ -89,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "processing the default model was trained on")
     den.add_argument("--fd-thresh", type=float, default=0.5,
                      help="censor volumes with framewise displacement above this (mm); 0 disables")
-    den.add_argument("--dummy-scans", type=int, default=0,
-                     help="initial volumes to drop")
+    den.add_argument("--dummy-scans", type=_int_or_auto, default=0, metavar="N|auto",
+                     help="initial volumes to drop; 'auto': as many as fMRIPrep flagged "
+                          "(its non_steady_state_outlier_XX confound columns)")
     den.add_argument("--lower-bpf", type=_float_or_none, default=None,
                      help="high-pass cutoff in Hz (default: the strategy's; 0 disables)")
     den.add_argument("--upper-bpf", type=_float_or_none, default=None,

@@ -32,7 +32,7 @@ class Config:
     atlas_name: str = "Custom"
     nuisance_regressors: str = "pcp"
     fd_thresh: float = 0.5
-    dummy_scans: int = 0
+    dummy_scans: int | str = 0
     lower_bpf: float | None = None
     upper_bpf: float | None = None
     min_coverage: float = 0.5
@@ -227,7 +227,7 @@ def from_args(args: Any) -> Config:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     if not 0 <= args.min_coverage <= 1:
         raise UsageError("--min-coverage is a fraction between 0 and 1")
-    if args.dummy_scans < 0:
+    if args.dummy_scans != "auto" and args.dummy_scans < 0:
         raise UsageError("--dummy-scans must not be negative")
     nprocs = args.nprocs or os.cpu_count() or 1
     plugin, plugin_args = load_plugin_settings(args.use_plugin) if args.use_plugin else (None, {})

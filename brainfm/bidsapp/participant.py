@@ -15,9 +15,10 @@ from brainfm.bidsapp.collect import collect_runs
 from brainfm.bidsapp.config import Config
 from brainfm.bidsapp.preflight import check_runs
 from brainfm.bidsapp.validation import validate_bids
-from brainfm.derivatives import init_output_dataset
+from brainfm.derivatives import init_output_dataset, read_tsv
 from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
 from brainfm.outputs import copy_atlases
+from brainfm.processing.censoring import resolve_dummy_scans
 
 LOGGER = logging.getLogger("brainfm")
 
@@ -299,7 +300,10 @@ def run_participant_level(config: Config) -> None:
     config.work_dir.mkdir(parents=True, exist_ok=True)
     settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(
-        {sub: [{**run.to_dict(), **atlas_inputs(placed[run.space])} for run in sub_runs]
+        {sub: [{**run.to_dict(), **atlas_inputs(placed[run.space]),
+                "dummy_scans": resolve_dummy_scans(config.dummy_scans,
+                                                   read_tsv(run.confounds_file))}
+               for run in sub_runs]
          for sub, sub_runs in runs.items()},
         settings, config.output_dir, config.work_dir,
     )
@@ -393,8 +397,6 @@ def summarise_runs(output_dir: Path, subjects: list[str]) -> tuple[int, int]:
     included, excluded : int
         Run counts over the participants.
     """
-    from brainfm.derivatives import read_tsv
-
     included = excluded = 0
     for sub in subjects:
         qc = read_tsv(output_dir / f"sub-{sub}" / f"sub-{sub}_desc-runs_qc.tsv")

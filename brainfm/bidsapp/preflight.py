@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from brainfm.bidsapp.collect import BoldRun
 from brainfm.derivatives import read_tsv
 from brainfm.errors import BrainfmError, InputError
+from brainfm.processing.censoring import resolve_dummy_scans
 from brainfm.processing.denoise import check_run_inputs
 
 LOGGER = logging.getLogger("brainfm.preflight")
@@ -65,9 +66,10 @@ def _check_participant(sub_runs: Sequence[BoldRun], settings: Mapping[str, objec
                          fd_thresh=settings["fd_thresh"], lower_bpf=settings["lower_bpf"],
                          upper_bpf=settings["upper_bpf"],
                          confounds_file=str(run.confounds_file))
-        usable = (run.n_volumes - int(settings["dummy_scans"])) * run.repetition_time
+        dummy = resolve_dummy_scans(settings["dummy_scans"], confounds)
+        usable = (run.n_volumes - dummy) * run.repetition_time
         if usable < float(settings["min_time"]):
             LOGGER.warning(
                 "%s lasts %.0f s after %d dummy scan(s), less than --min-time %g s: it will "
                 "be excluded (lower --min-time to keep it)", run.bold_file.name, usable,
-                settings["dummy_scans"], settings["min_time"])
+                dummy, settings["min_time"])

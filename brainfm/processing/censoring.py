@@ -23,6 +23,31 @@ def _as_fd(fd: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values), values, 0.0)
 
 
+#: fMRIPrep's one-hot columns of the initial non-steady-state volumes it detected.
+NON_STEADY_STATE_PREFIX = "non_steady_state_outlier"
+
+
+def resolve_dummy_scans(dummy_scans: int | str, confounds: pd.DataFrame) -> int:
+    """The dummy scans of a run: a number as given, or ``auto`` from fMRIPrep's confounds.
+
+    Parameters
+    ----------
+    dummy_scans : int or "auto"
+        ``--dummy-scans``.
+    confounds : pandas.DataFrame
+        The run's ``desc-confounds_timeseries.tsv``.
+
+    Returns
+    -------
+    int
+        For ``auto``, the number of ``non_steady_state_outlier_XX`` columns (the volumes
+        fMRIPrep found before the steady state; 0 when there are none), as XCP-D counts them.
+    """
+    if dummy_scans != "auto":
+        return int(dummy_scans)
+    return sum(str(c).startswith(NON_STEADY_STATE_PREFIX) for c in confounds.columns)
+
+
 def censoring_mask(fd: np.ndarray, fd_thresh: float, dummy_scans: int) -> np.ndarray:
     """Which volumes to keep.
 

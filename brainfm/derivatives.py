@@ -150,6 +150,30 @@ def check_writable_path(path: Path) -> None:
                 "into its inputs; remove the link or choose another output folder.")
 
 
+def participant_report_path(output_dir: str | Path, subject: str) -> Path:
+    """``output_dir/sub-<label>.html``: the participant's report, and the mark of its completeness.
+
+    The report is written last, after every other file of the participant; the participant's
+    writer removes it before writing anything. So a participant folder without its report was
+    interrupted or failed part-way (its files may be stale or missing), and the group level
+    leaves it out, naming it.
+    """
+    return Path(output_dir) / f"sub-{subject.removeprefix('sub-')}.html"
+
+
+def incomplete_participants(output_dir: str | Path) -> list[str]:
+    """Participants of an output dataset whose outputs are not complete (no report yet).
+
+    Returns
+    -------
+    list of str
+        ``sub-<label>`` folders without ``sub-<label>.html`` beside them, sorted.
+    """
+    root = Path(output_dir)
+    return sorted(p.name for p in root.glob("sub-*") if p.is_dir()
+                  and not participant_report_path(root, p.name).is_file())
+
+
 def check_output_folder(folder: Path, what: str) -> None:
     """An output or work folder must be a folder (or creatable) and writable.
 

@@ -19,6 +19,7 @@ from brainfm.derivatives import (
     build_name,
     copy_atomic,
     output_lock,
+    participant_report_path,
     read_tsv,
     subject_func_dir,
     write_json_atomic,
@@ -153,10 +154,12 @@ def write_subject_outputs(result_dirs: list[str], runs: list[Mapping[str, Any]],
     """
     written: list[str] = []
     rows = []
+    subject = dict(runs[0]["entities"])["sub"]
+    # not complete until the report is written again, last (see participant_report_path)
+    participant_report_path(output_dir, subject).unlink(missing_ok=True)
     for result_dir, run in zip(result_dirs, runs, strict=True):
         written += write_run_outputs(result_dir, run, output_dir, settings)
         rows.append(qc_row(result_dir, run))
-    subject = dict(runs[0]["entities"])["sub"]
     qc_path = Path(output_dir) / f"sub-{subject}" / f"sub-{subject}_desc-runs_qc.tsv"
     written.append(str(write_tsv_atomic(qc_path, pd.DataFrame(rows))))
     written.append(str(write_json_atomic(qc_path.with_suffix(".json"), {

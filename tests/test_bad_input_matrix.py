@@ -27,6 +27,7 @@ import pytest
 from fake_pcp import make_fake_pcp
 
 from brainfm.bidsapp.cli import main as brainfm_main
+from brainfm.derivatives import incomplete_participants, participant_report_path
 from brainfm.importers.cli import main as import_main
 from brainfm.models.cli import main as train_main
 from brainfm.testdata import make_dataset
@@ -267,6 +268,16 @@ def test_signal_gives_one_line_and_128_plus_signal(base_dataset: Path, tmp_path:
                                             "same command to finish"], err
         assert "Traceback" not in out + err
     assert snapshot(ds) == before
+    # a participant is complete only with its report, written last; a rerun completes the rest
+    out_dir = tmp_path / "out"
+    for folder in out_dir.glob("sub-*/"):
+        complete = participant_report_path(out_dir, folder.name).is_file()
+        assert complete == (folder.name not in incomplete_participants(out_dir))
+    rerun = subprocess.run(cmd, capture_output=True, text=True,
+                           env={**os.environ, "NIPYPE_NO_ET": "1"}, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert incomplete_participants(out_dir) == []
+    assert {p.name for p in out_dir.glob("sub-*.html")} == {"sub-01.html", "sub-02.html"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,12 @@ from brainfm.bidsapp.group import (
     compute_group,
     run_group_level,
 )
-from brainfm.derivatives import init_output_dataset, write_json_atomic, write_tsv_atomic
+from brainfm.derivatives import (
+    init_output_dataset,
+    participant_report_path,
+    write_json_atomic,
+    write_tsv_atomic,
+)
 from brainfm.errors import InputError, UsageError
 from brainfm.group.brainage import (
     apply_bias_correction,
@@ -182,6 +187,8 @@ def write_group_fixture(root: Path, n_participants: int = 6, seed: int = 0,
                             "mean_fd": 0.9, "status": "excluded",
                             "reason": "only 40 s retained after censoring (minimum 120 s)"})
         write_tsv_atomic(out / sub / f"{sub}_desc-runs_qc.tsv", pd.DataFrame(qc_rows))
+        # complete, as the participant level marks it (its report comes last)
+        participant_report_path(out, sub).write_text("<html></html>")
     write_tsv_atomic(bids / "participants.tsv", pd.DataFrame(participants))
     return {"bids": bids, "out": out, "roi_names": names,
             "ages": {p["participant_id"]: p["age"] for p in participants}}
@@ -238,6 +245,7 @@ def test_sessions_without_predictions_are_noted(tmp_path):
                         "n_volumes": 100, "n_retained": 10, "retained_seconds": 20.0,
                         "mean_fd": 1.2, "status": "excluded", "reason": "too short"}])
     write_tsv_atomic(fx["out"] / "sub-09" / "sub-09_desc-runs_qc.tsv", qc)
+    participant_report_path(fx["out"], "sub-09").write_text("<html></html>")  # complete
     # a session whose runs were all excluded: predictions n/a, n_runs 0 (participant level)
     path = fx["out"] / "sub-04" / "func" / "sub-04_desc-brainfm_predictions.tsv"
     write_tsv_atomic(path, pd.DataFrame([{
@@ -398,6 +406,16 @@ def test_known_values_from_the_model_target_column(tmp_path):
 
 
 # --- errors ---------------------------------------------------------------------------------
+
+
+def test_incomplete_participants_are_named_and_left_out(tmp_path, caplog):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
+    participant_report_path(fx["out"], "sub-02").unlink()  # its participant level was cut off
+    with caplog.at_level("WARNING", logger="brainfm"):
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    assert "left out: sub-02" in caplog.text and "rerun" in caplog.text
+    table = pd.read_csv(fx["out"] / PREDICTIONS_FILE, sep="\t")
+    assert table["participant_id"].tolist() == ["sub-01", "sub-03", "sub-04"]
 
 
 def test_empty_output_dir_is_input_error(tmp_path):

@@ -33,6 +33,7 @@ import pandas as pd
 
 from brainfm.bidsapp.config import Config
 from brainfm.derivatives import (
+    incomplete_participants,
     init_output_dataset,
     write_json_atomic,
     write_text_atomic,
@@ -585,6 +586,11 @@ def run_group_level(config: Config) -> dict[str, Path]:
     reference = getattr(config, "reference_ages", None)
     LOGGER.info("brainfm group level: %s (bias correction: %s%s)", output_dir, method,
                 f", reference {reference}" if reference else "")
+    incomplete = incomplete_participants(output_dir)
+    if incomplete:
+        LOGGER.warning("%d participant(s) with incomplete outputs are left out: %s (their "
+                       "participant level was interrupted or failed; rerun it for them)",
+                       len(incomplete), ", ".join(incomplete))
     result = compute_group(output_dir, bids_dir, method, reference)
     written = write_group_outputs(result, output_dir, bids_dir)
     LOGGER.info("group level: %d session(s) of %d participant(s); wrote %s",

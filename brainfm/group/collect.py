@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import ID_COLUMNS, read_tsv
+from brainfm.derivatives import ID_COLUMNS, incomplete_participants, read_tsv
 from brainfm.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ def find_prediction_files(output_dir: str | Path) -> list[Path]:
     list of pathlib.Path
         ``sub-X/[ses-Y/]func/sub-X[_ses-Y]_desc-brainfm_predictions.tsv``, sorted.
     """
-    return _glob(Path(output_dir), PREDICTION_GLOBS)
+    incomplete = set(incomplete_participants(output_dir))
+    return [p for p in _glob(Path(output_dir), PREDICTION_GLOBS)
+            if p.relative_to(output_dir).parts[0] not in incomplete]
 
 
 def prediction_targets(columns: list[str]) -> list[str]:
@@ -185,7 +187,9 @@ def read_run_qc(output_dir: str | Path) -> pd.DataFrame:
         ``n_retained``, ``retained_seconds``, ``mean_fd``, ``status``, ``reason``); empty when
         no QC table exists.
     """
-    paths = sorted(Path(output_dir).glob("sub-*/sub-*_desc-runs_qc.tsv"))
+    incomplete = set(incomplete_participants(output_dir))
+    paths = sorted(p for p in Path(output_dir).glob("sub-*/sub-*_desc-runs_qc.tsv")
+                   if p.parent.name not in incomplete)
     tables = [read_tsv(p) for p in paths]
     tables = [t for t in tables if not t.empty]
     if not tables:

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import build_name, read_tsv, write_text_atomic
+from brainfm.derivatives import (
+    build_name,
+    participant_report_path,
+    read_tsv,
+    write_text_atomic,
+)
 from brainfm.errors import InputError
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
@@ -337,4 +342,4 @@ def participant_report(output_dir: str | Path, subject: str,
         "above. Framewise displacement follows Power et al. (2012). Connectivity is the Pearson "
         "correlation of the denoised ROI signals over the retained volumes.</p>")))
     html = render_page(f"brainfm: sub-{label}", f"participant report — {output_dir}", sections)
-    return write_text_atomic(output_dir / f"sub-{label}.html", html)
+    return write_text_atomic(participant_report_path(output_dir, label), html)

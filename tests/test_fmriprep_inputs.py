@@ -168,3 +168,25 @@ def test_dummy_scans_auto_counts_fmriprep_non_steady_state_columns(
     assert outliers["dummy"].tolist()[:4] == [1, 1, 1, 0] and outliers["dummy"].sum() == 3
     sidecar = json.loads(next(func.glob("*_stat-mean_timeseries.json")).read_text())
     assert sidecar["DummyScans"] == 3 and sidecar["NumberOfVolumesRetained"] == 57
+
+
+def test_fmriprep_1_4_to_20_1_layout_is_read(base: Path, tmp_path: Path,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    func = bids / "derivatives" / "fmriprep" / "sub-01" / "func"
+    for path in sorted(func.iterdir()):  # desc-confounds_regressors, label-brain_mask
+        name = path.name.replace("desc-confounds_timeseries", "desc-confounds_regressors")
+        path.rename(func / name.replace("desc-brain_mask", "label-brain_mask"))
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+                 "--model", "none", "--min-time", "0", "-w", str(tmp_path / "w")])
+    assert code == 0, capfd.readouterr().err
+    assert list((out / "sub-01" / "func").glob("*_stat-mean_timeseries.tsv"))
+    # before 1.4 (other names, other columns): refused, naming the file and the version
+    confounds = next(func.glob("*_desc-confounds_regressors.tsv"))
+    confounds.rename(func / "sub-01_task-rest_bold_confounds.tsv")
+    code = main([str(bids), str(tmp_path / "out2"), "participant", "--skip-bids-validation",
+                 "--nprocs", "1", "-w", str(tmp_path / "w2")])
+    err = capfd.readouterr().err
+    assert code == 66 and "sub-01_task-rest_bold_confounds.tsv" in err and "1.4" in err

@@ -93,12 +93,27 @@ def _query_entities(entities: tuple[tuple[str, str], ...]) -> dict[str, object]:
     return query
 
 
-def _one(layout, what: str, bold: Path, **query) -> Path:
-    found = layout.get(return_type="file", invalid_filters="allow", **query)
-    if not found:
-        raise InputError(f"no {what} found for {bold}; fMRIPrep writes it next to the BOLD. "
-                         "Rerun fMRIPrep or restore the file.")
-    return Path(sorted(found)[0])
+def _one(layout, what: str, bold: Path, *layouts: dict, **query) -> Path:
+    """The file of ``query`` (updated with each of ``layouts`` in turn: fMRIPrep versions)."""
+    for version in layouts or ({},):
+        found = layout.get(return_type="file", invalid_filters="allow", **{**query, **version})
+        if found:
+            return Path(sorted(found)[0])
+    old = sorted(bold.parent.glob("*_confounds.tsv")) + sorted(bold.parent.glob("*_brainmask.*"))
+    if old:
+        raise InputError(
+            f"no {what} found for {bold}, but {old[0].name} is there: a layout of fMRIPrep "
+            "before 1.4, which brainfm does not read (its confound names differ). Rerun "
+            "fMRIPrep (20.2 or newer) on the raw data.")
+    raise InputError(f"no {what} found for {bold}; fMRIPrep writes it next to the BOLD. "
+                     "Rerun fMRIPrep or restore the file.")
+
+
+#: Names of the brain mask and the confounds table across fMRIPrep versions, newest first:
+#: ``desc-brain_mask`` and ``desc-confounds_timeseries`` (20.2 on); ``desc-confounds_regressors``
+#: (1.4 to 20.1, same column names); ``label-brain_mask`` (some 1.x derivatives).
+MASK_LAYOUTS = ({"desc": "brain"}, {"label": "brain", "desc": None})
+CONFOUNDS_LAYOUTS = ({"suffix": "timeseries"}, {"suffix": "regressors"})
 
 
 #: Longest plausible repetition time (s); above it the value is taken to be milliseconds.
@@ -196,11 +211,10 @@ def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list) -> 
     bold = Path(bold_file.path)
     ents = bold_file.get_entities()
     base = _query_entities(entities)
-    mask = _one(layout, "brain mask (desc-brain_mask)", bold, **base, space=space,
-                res=ents.get("res"), desc="brain", suffix="mask",
-                extension=[".nii.gz", ".nii"])
-    confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold, **base,
-                     desc="confounds", suffix="timeseries", extension=".tsv", space=None)
+    mask = _one(layout, "brain mask (desc-brain_mask)", bold, *MASK_LAYOUTS, **base, space=space,
+                res=ents.get("res"), suffix="mask", extension=[".nii.gz", ".nii"])
+    confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold,
+                     *CONFOUNDS_LAYOUTS, **base, desc="confounds", extension=".tsv", space=None)
     tr, n_vols = _check_run(bold, confounds, bold_file)
     return BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
 

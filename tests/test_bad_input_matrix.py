@@ -276,6 +276,7 @@ def test_signal_gives_one_line_and_128_plus_signal(base_dataset: Path, tmp_path:
     rerun = subprocess.run(cmd, capture_output=True, text=True,
                            env={**os.environ, "NIPYPE_NO_ET": "1"}, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
+    assert "nipype.workflow" not in rerun.stdout + rerun.stderr  # quiet at default verbosity
     assert incomplete_participants(out_dir) == []
     assert {p.name for p in out_dir.glob("sub-*.html")} == {"sub-01.html", "sub-02.html"}
 

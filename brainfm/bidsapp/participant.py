@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -234,8 +235,17 @@ def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
         handler = logging.FileHandler(log_file, delay=True)  # created when nipype logs
         handler.brainfm_log = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        # MultiProc's workers import nipype afresh, with its INFO default on stdout: they read
+        # the levels from NIPYPE_CONFIG_DIR/nipype.cfg, which they inherit
+        config_dir = log_file.parent / "nipype-config"
+        config_dir.mkdir(exist_ok=True)
+        (config_dir / "nipype.cfg").write_text(
+            "[logging]\n" + "".join(f"{key} = {level}\n" for key in (
+                "workflow_level", "interface_level", "utils_level")))
+        os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
     else:
         handler = logging.StreamHandler(stream=sys.stdout)
+        os.environ.pop("NIPYPE_CONFIG_DIR", None)
     root.addHandler(handler)
 
 

@@ -37,6 +37,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,11 @@ def brainfm_records(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]],
                 rec["predictions"].update(columns)
             if "ood" in res:
                 rec["predictions"]["ood"] = res["ood"]
+            if "stacking" in res:  # what the recipe chose on its inner site folds
+                rec["recipe_choices"] = {
+                    name: {"network_weight": st["network_weight"],
+                           "transform": st.get("transform")}
+                    for name, st in res["stacking"].items()}
             out.setdefault(variant, []).append(rec)
     for recs in out.values():
         recs.sort(key=lambda r: r["fold"])
@@ -656,6 +662,17 @@ def render_evaluation(block: dict[str, Any]) -> list[str]:
     if "ood" in ev:
         lines += ["", f"Out-of-distribution flags raised on test subjects: "
                   f"{ev['ood']['n_flagged']} of {ev['ood']['n']}."]
+    choices = [r["recipe_choices"]["age"] for r in block["folds"].get("recipe", [])
+               if "age" in r.get("recipe_choices", {})]
+    if choices:
+        weights = [c["network_weight"] for c in choices]
+        transforms = Counter(str(c["transform"]) for c in choices)
+        lines += ["", "The recipe's choices for age on its inner site folds: stacking weight of "
+                  f"the network members {min(weights):g}–{max(weights):g} (median "
+                  f"{float(np.median(weights)):g}; 0 in {sum(w == 0 for w in weights)} of "
+                  f"{len(weights)} folds); transform " + ", ".join(
+                      f"{t} in {n} of {len(choices)} folds" for t, n in transforms.items())
+                  + "."]
     if block["protocol"] == PROTOCOLS["loso"]:
         models = [m for m in ("krr", "ridge", "recipe", "recipe-linear", "recipe-network")
                   if m in ev["sites"]]

@@ -351,3 +351,17 @@ def test_training_bad_input(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -
     code = train_main(["predict", "--model", str(tmp_path / "nomodel"), str(toy),
                        "-o", str(tmp_path / "p.tsv")])
     assert_contract(capfd, code, 66, "brainfm-train", str(tmp_path / "nomodel"), before, toy)
+
+
+def test_finetune_on_too_few_subjects_says_it_has_no_validation(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from toy_cohort import make_toy_cohort
+
+    toy = tmp_path / "toy"
+    make_toy_cohort(toy, 3, seed=1)
+    with caplog.at_level(logging.WARNING, logger="brainfm.train"):
+        code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "age",
+                           "--epochs", "1", "--window", "32", "--patch-len", "4",
+                           "-o", str(tmp_path / "o")])
+    assert code == 0
+    assert "none for inner validation" in caplog.text and "3 participant(s)" in caplog.text

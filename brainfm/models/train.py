@@ -801,6 +801,10 @@ def finetune(
         tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         if tr.size == 0:
             raise InputError(f"{label}: every participant is in the validation set")
+    if va.size == 0:
+        LOGGER.warning("%s: %d participant(s) leave none for inner validation (it needs at "
+                       "least 4 and --val-fraction > 0): no early stopping, no validation "
+                       "metrics, the last epoch is kept", label, len(tr))
     scaler = TargetScaler.fit(y_raw[tr])
     y_std = scaler.transform(y_raw)
     train_ds = WindowDataset([sessions[i] for i in tr], _window(cfg), y_std[tr],

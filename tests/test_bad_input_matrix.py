@@ -282,6 +282,45 @@ def test_signal_gives_one_line_and_128_plus_signal(base_dataset: Path, tmp_path:
 
 
 # --------------------------------------------------------------------------------------------
+# group level
+# --------------------------------------------------------------------------------------------
+
+
+def test_group_bad_input(base_dataset: Path, tmp_path: Path,
+                         capfd: pytest.CaptureFixture[str]) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    bids, out = ds / "bids", tmp_path / "out"
+
+    def group(*extra: str) -> int:
+        return brainfm_main([str(bids), str(out), "group", *extra])
+
+    before = snapshot(ds)
+    # no participant level yet
+    assert_contract(capfd, group(), 66, "brainfm", str(out), before, ds)
+    assert brainfm_main([str(bids), str(out), "participant", "--skip-bids-validation",
+                         "--nprocs", "1", "--min-time", "0", "-w", str(tmp_path / "w")]) == 0
+    capfd.readouterr()
+    # ages that are not numbers, in the input's participants.tsv
+    table = pd.read_csv(bids / "participants.tsv", sep="\t")
+    table["age"] = ["twelve"] * len(table)
+    table.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    before = snapshot(ds)
+    assert_contract(capfd, group(), 66, "brainfm", str(bids / "participants.tsv"), before, ds)
+    assert not (out / "group_predictions.tsv").exists()
+    # a reference sample that does not exist
+    missing = tmp_path / "nope.tsv"
+    code = group("--bias-correction", "linear", "--reference-ages", str(missing))
+    assert_contract(capfd, code, 66, "brainfm", str(missing), before, ds)
+    # an unknown correction
+    with pytest.raises(SystemExit) as exc:
+        group("--bias-correction", "quadratic")
+    _, err = capfd.readouterr()
+    assert exc.value.code == 64 and "quadratic" in err and "Traceback" not in err
+    assert snapshot(ds) == before
+
+
+# --------------------------------------------------------------------------------------------
 # importer
 # --------------------------------------------------------------------------------------------
 

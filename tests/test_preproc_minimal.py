@@ -220,7 +220,7 @@ def test_3d_bold_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_repetition_time_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
-    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 6, 5), np.int16),
+    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 8, 5), np.int16),
                         {"TaskName": "rest"})
     with pytest.raises(InputError, match="RepetitionTime") as info:
         run_minimal_preproc(tmp_path / "bids", tmp_path / "out", ["01"], "rest",
@@ -230,12 +230,13 @@ def test_missing_repetition_time_is_an_input_error_naming_the_file(tmp_path: Pat
 
 
 def test_bad_slice_timing_and_missing_participant(tmp_path: Path) -> None:
-    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 6, 5), np.int16),
+    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 8, 5), np.int16),
                         {"RepetitionTime": 2.0, "SliceTiming": [0.0, 1.0, 0.5]})
-    with pytest.raises(InputError, match="6 slices"):
+    with pytest.raises(InputError, match="8 slices"):
         collect_raw_runs(tmp_path / "bids", None, None, "rest")
     with pytest.raises(InputError, match=r"\[0, RepetitionTime"):
-        check_raw_bold(bold, {"RepetitionTime": 2.0, "SliceTiming": [0, 0.5, 1, 1.5, 2, 2.5]},
+        check_raw_bold(bold, {"RepetitionTime": 2.0,
+                              "SliceTiming": [0, 0.25, 0.5, 1, 1.25, 1.5, 2, 2.5]},
                        (("sub", "01"), ("task", "rest")))
     with pytest.raises(NothingSelectedError):
         collect_raw_runs(tmp_path / "bids", ["02"], None, "rest")
@@ -244,15 +245,25 @@ def test_bad_slice_timing_and_missing_participant(tmp_path: Path) -> None:
                             tmp_path / "work", 1, 1, resolution=4)
 
 
+def test_partial_coverage_epi_is_refused_naming_size_and_length(tmp_path: Path) -> None:
+    bold = _raw_dataset(tmp_path / "bids", np.ones((64, 64, 3, 20), np.int16),
+                        {"RepetitionTime": 2.0, "TaskName": "rest"})
+    with pytest.raises(InputError, match=str(bold)) as info:
+        run_minimal_preproc(tmp_path / "bids", tmp_path / "out", None, "rest",
+                            tmp_path / "work", 1, 1)
+    assert "64x64x3 voxels (20 volumes, 40 s)" in str(info.value)
+    assert "--preproc fmriprep" in str(info.value) and not (tmp_path / "out").exists()
+
+
 def test_check_raw_bold_reads_slice_timing_and_direction(tmp_path: Path) -> None:
-    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 6, 5), np.int16), {})
-    times = [0.0, 1.0, 0.2, 1.2, 0.4, 1.4]
+    bold = _raw_dataset(tmp_path / "bids", np.ones((8, 8, 8, 5), np.int16), {})
+    times = [0.0, 1.0, 0.2, 1.2, 0.4, 1.4, 0.6, 1.6]
     run = check_raw_bold(bold, {"RepetitionTime": 2.0, "SliceTiming": times,
                                 "SliceEncodingDirection": "k-"},
                          (("sub", "01"), ("task", "rest")))
     assert run.slice_timing == tuple(times) and run.slice_encoding_direction == "k-"
     assert run.prefix == "sub-01_task-rest" and run.n_volumes == 5
-    simultaneous = check_raw_bold(bold, {"RepetitionTime": 2.0, "SliceTiming": [0.0] * 6},
+    simultaneous = check_raw_bold(bold, {"RepetitionTime": 2.0, "SliceTiming": [0.0] * 8},
                                   (("sub", "01"), ("task", "rest")))
     assert simultaneous.slice_timing is None
 

@@ -142,6 +142,11 @@ def _layout(bids_dir: Path) -> Any:
         raise InputError(f"cannot index {bids_dir} as a BIDS dataset ({err})") from err
 
 
+#: Fewest voxels along any axis of a raw BOLD run the minimal preprocessing accepts: its affine
+#: registration to the MNI template needs (near) whole-brain coverage.
+MIN_SLICES = 8
+
+
 def check_raw_bold(bold_file: str | Path, metadata: dict[str, Any],
                    entities: tuple[tuple[str, str], ...]) -> RawBoldRun:
     """Check one raw BOLD run and its metadata.
@@ -163,8 +168,8 @@ def check_raw_bold(bold_file: str | Path, metadata: dict[str, Any],
     Raises
     ------
     InputError
-        Unreadable or not 4-D, fewer than 2 volumes, no ``RepetitionTime``, or a ``SliceTiming``
-        that does not fit the image.
+        Unreadable or not 4-D, fewer than 2 volumes or :data:`MIN_SLICES` slices, no
+        ``RepetitionTime``, or a ``SliceTiming`` that does not fit the image.
     """
     path = Path(bold_file)
     try:
@@ -188,6 +193,13 @@ def check_raw_bold(bold_file: str | Path, metadata: dict[str, Any],
         raise InputError(
             f"no valid RepetitionTime for raw BOLD {path}: add \"RepetitionTime\" (seconds) to "
             "its JSON sidecar (BIDS requires it)"
+        )
+    if min(shape[:3]) < MIN_SLICES:
+        raise InputError(
+            f"raw BOLD {path} is {shape[0]}x{shape[1]}x{shape[2]} voxels ({shape[3]} volumes, "
+            f"{shape[3] * tr:g} s): brainfm's minimal preprocessing registers whole-brain EPI to "
+            f"the MNI template and needs at least {MIN_SLICES} slices along each axis; "
+            "preprocess partial-coverage runs with fMRIPrep (--preproc fmriprep) or leave them out"
         )
     direction = metadata.get("SliceEncodingDirection")
     slice_timing = metadata.get("SliceTiming")

@@ -25,6 +25,7 @@ from brainfm.derivatives import (
     write_json_atomic,
     write_tsv_atomic,
 )
+from brainfm.processing.confounds import get_strategy, is_strategy_file
 
 
 def _source_uri(path: str | Path, root: str | Path, dataset: str = "preprocessed") -> str:
@@ -67,7 +68,9 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
     common = {
         "RepetitionTime": tr,
         "SamplingFrequency": 1.0 / tr,
-        "DenoisingStrategy": settings["strategy"],
+        "DenoisingStrategy": get_strategy(settings["strategy"]).name,
+        **({"DenoisingStrategyFile": settings["strategy"]}
+           if is_strategy_file(settings["strategy"]) else {}),
         "NuisanceRegressors": info.get("nuisance_regressors", []),
         "FDThreshold": settings["fd_thresh"],
         "DummyScans": run["dummy_scans"],

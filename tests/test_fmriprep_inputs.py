@@ -190,3 +190,33 @@ def test_fmriprep_1_4_to_20_1_layout_is_read(base: Path, tmp_path: Path,
                  "--nprocs", "1", "-w", str(tmp_path / "w2")])
     err = capfd.readouterr().err
     assert code == 66 and "sub-01_task-rest_bold_confounds.tsv" in err and "1.4" in err
+
+
+def test_custom_strategy_file(base: Path, tmp_path: Path,
+                              capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    strategy = tmp_path / "my9p.yml"
+    strategy.write_text(
+        "name: my9P\ndescription: 6 motion, WM, CSF, global signal; 0.01-0.1 Hz\n"
+        "motion: basic\nwm_csf: basic\nglobal_signal: basic\ncompcor: none\nn_compcor: 0\n"
+        "compcor_fallback: none\ndetrend_order: 1\nhigh_pass: 0.01\nlow_pass: 0.1\n")
+    out = tmp_path / "out"
+    common = ["participant", "--skip-bids-validation", "--nprocs", "1", "--min-time", "0"]
+    assert main([str(bids), str(out), *common, "-w", str(tmp_path / "w"), "--model", "none",
+                 "--nuisance-regressors", str(strategy)]) == 0, capfd.readouterr().err
+    sidecar = json.loads(next((out / "sub-01" / "func").glob("*_stat-mean_timeseries.json"))
+                         .read_text())
+    assert sidecar["DenoisingStrategy"] == "my9P"
+    assert sidecar["DenoisingStrategyFile"] == str(strategy)
+    assert sidecar["NuisanceRegressors"] == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y",
+                                             "rot_z", "white_matter", "csf", "global_signal",
+                                             "trend_linear"]
+    # a broken file: usage error naming it
+    strategy.write_text("name: x\nmotion: sideways\n")
+    code = main([str(bids), str(tmp_path / "o2"), *common, "-w", str(tmp_path / "w2"),
+                 "--nuisance-regressors", str(strategy)])
+    err = capfd.readouterr().err
+    assert code == 64 and str(strategy) in err and "Traceback" not in err

@@ -25,6 +25,22 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "off") else float(text)
 
 
+def _strategy_argument(value: str) -> str:
+    """A built-in strategy's name, or a strategy file made absolute now (nodes run elsewhere)."""
+    from brainfm.processing.confounds import is_strategy_file
+
+    if is_strategy_file(value):
+        path = os.path.abspath(value)
+        if not os.path.isfile(path):
+            raise argparse.ArgumentTypeError(f"strategy file {path} does not exist")
+        return path
+    if value not in STRATEGY_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(STRATEGY_CHOICES)}, or give a "
+            "strategy .yml file)")
+    return value
+
+
 def _int_or_auto(value: str) -> int | str:
     if value == "auto":
         return value
@@ -95,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ROIs with less of their voxels in the brain mask are set to n/a")
 
     den = parser.add_argument_group("denoising")
-    den.add_argument("--nuisance-regressors", "-p", choices=STRATEGY_CHOICES, default="pcp",
+    den.add_argument("--nuisance-regressors", "-p", type=_strategy_argument, default="pcp",
+                     metavar="{" + ",".join(STRATEGY_CHOICES) + "} | FILE.yml",
                      help="confound strategy; 'pcp' emulates the ABIDE PCP filt_global "
-                          "processing the default model was trained on")
+                          "processing the default model was trained on; or a .yml file with the "
+                          "keys of brainfm/data/strategies/*.yml (your own strategy)")
     den.add_argument("--fd-thresh", type=float, default=0.5,
                      help="censor volumes with framewise displacement above this (mm); 0 disables")
     den.add_argument("--dummy-scans", type=_int_or_auto, default=0, metavar="N|auto",

@@ -259,15 +259,13 @@ def run_participant_level(config: Config) -> None:
         selected, processing failure).
     """
     from brainfm.interfaces.parcellate import resolve_atlases
-    from brainfm.processing.confounds import band_pass, list_strategies
+    from brainfm.processing.confounds import band_pass, get_strategy
 
     atlases = resolve_atlases(config.atlases, config.atlas_file, config.atlas_labels,
                               config.atlas_name)
     if not atlases:
         raise UsageError("no atlas selected: give --atlases and/or --atlas-file")
-    if config.nuisance_regressors not in list_strategies():
-        raise UsageError(f"unknown denoising strategy '{config.nuisance_regressors}' "
-                         f"(choose from {', '.join(list_strategies())})")
+    get_strategy(config.nuisance_regressors)  # a known name, or a readable strategy file
     band_pass(config.nuisance_regressors, config.lower_bpf, config.upper_bpf)  # inverted?
     if config.skip_bids_validation:
         pass

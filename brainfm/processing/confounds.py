@@ -127,8 +127,11 @@ def _as_cutoff(value: object) -> float | None:
     return None if value <= 0 else value
 
 
-def _parse_strategy(stem: str, text: str) -> Strategy:
+def _parse_strategy(stem: str | None, text: str) -> Strategy:
+    """A strategy from YAML text; ``stem`` (a built-in's file name) must equal its ``name``."""
     spec = yaml.safe_load(text)
+    if not isinstance(spec, dict):
+        raise ValueError("not a YAML mapping of the strategy's keys")
     strategy = Strategy(
         name=str(spec["name"]),
         description=" ".join(str(spec["description"]).split()),
@@ -144,7 +147,7 @@ def _parse_strategy(stem: str, text: str) -> Strategy:
         emulates=tuple(str(e) for e in spec.get("emulates") or ()),
     )
     problems = []
-    if strategy.name != stem:
+    if stem is not None and strategy.name != stem:
         problems.append(f"name {strategy.name!r} differs from the file name")
     if strategy.motion not in _MOTION_LEVELS:
         problems.append(f"motion {strategy.motion!r}")
@@ -158,13 +161,37 @@ def _parse_strategy(stem: str, text: str) -> Strategy:
     if strategy.detrend_order not in (0, 1, 2):
         problems.append(f"detrend_order {strategy.detrend_order}")
     if problems:
-        raise ValueError(f"invalid strategy file {stem}.yml: {'; '.join(problems)}")
+        raise ValueError(f"invalid values: {'; '.join(problems)}")
     return strategy
+
+
+def _strategy_from_file(path: str) -> Strategy:
+    try:
+        return _parse_strategy(None, Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"cannot read the strategy file {path} ({err})") from err
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        detail = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise UsageError(
+            f"invalid strategy file {path}: {detail}. It takes the keys of the built-in ones "
+            "(brainfm/data/strategies/*.yml: name, description, motion, wm_csf, global_signal, "
+            "compcor, n_compcor, compcor_fallback, detrend_order, high_pass, low_pass)") from err
+
+
+def is_strategy_file(name: str) -> bool:
+    """Whether ``--nuisance-regressors`` names a strategy file (``.yml``/``.yaml``)."""
+    return str(name).lower().endswith((".yml", ".yaml"))
 
 
 @lru_cache(maxsize=1)
 def _strategies() -> dict[str, Strategy]:
-    return {stem: _parse_strategy(stem, text) for stem, text in _strategy_files().items()}
+    out = {}
+    for stem, text in _strategy_files().items():
+        try:
+            out[stem] = _parse_strategy(stem, text)
+        except ValueError as err:
+            raise ValueError(f"invalid built-in strategy file {stem}.yml: {err}") from err
+    return out
 
 
 def list_strategies() -> list[str]:
@@ -179,12 +206,13 @@ def list_strategies() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """Look up a built-in strategy by name (case-insensitive).
+    """Look up a built-in strategy by name (case-insensitive), or read a strategy file.
 
     Parameters
     ----------
     name : str
-        One of :func:`list_strategies`.
+        One of :func:`list_strategies`, or the path of a ``.yml``/``.yaml`` file with the keys
+        of the built-in ones (``--nuisance-regressors my_strategy.yml``).
 
     Returns
     -------
@@ -195,6 +223,8 @@ def get_strategy(name: str) -> Strategy:
     UsageError
         Unknown name (the message lists the valid ones).
     """
+    if is_strategy_file(name):
+        return _strategy_from_file(str(Path(name).absolute()))
     table = {key.lower(): value for key, value in _strategies().items()}
     key = str(name).strip().lower()
     if key not in table:

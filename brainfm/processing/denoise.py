@@ -195,14 +195,14 @@ def check_run_inputs(confounds: pd.DataFrame, n_volumes: int, *, tr: float, stra
     if tr is None or not np.isfinite(tr) or tr <= 0:
         raise UsageError(f"repetition time must be a positive number of seconds, got {tr}")
     spec = get_strategy(strategy)
-    high, low = band_pass(spec.name, lower_bpf, upper_bpf)
+    high, low = band_pass(strategy, lower_bpf, upper_bpf)
     if len(confounds) != n_volumes:
         raise InputError(
             f"confounds file {where} has {len(confounds)} rows but the BOLD run has {n_volumes} "
             "volumes; use the confounds file fMRIPrep wrote for this run (one row per volume)"
         )
     design = pd.concat(
-        [select_confounds(confounds, spec.name, str(confounds_file)),
+        [select_confounds(confounds, strategy, str(confounds_file)),
          trend_regressors(n_volumes, spec.detrend_order)], axis=1)
     censoring = fd_thresh is not None and fd_thresh > 0
     if "framewise_displacement" in confounds.columns:

@@ -220,3 +220,29 @@ def test_custom_strategy_file(base: Path, tmp_path: Path,
                  "--nuisance-regressors", str(strategy)])
     err = capfd.readouterr().err
     assert code == 64 and str(strategy) in err and "Traceback" not in err
+
+
+def test_bids_filter_file_selects_one_of_two_runs(tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    truth = make_dataset(tmp_path / "ds", n_subjects=1, n_runs=2, n_volumes=60, seed=4)
+    filters = tmp_path / "filter.json"
+    filters.write_text(json.dumps({"bold": {"run": 2}}))
+    out = tmp_path / "out"
+    common = ["participant", "--skip-bids-validation", "--nprocs", "1", "--min-time", "0",
+              "--model", "none"]
+    assert main([str(truth.bids_dir), str(out), *common, "-w", str(tmp_path / "w"),
+                 "--bids-filter-file", str(filters)]) == 0, capfd.readouterr().err
+    series = sorted(p.name for p in (out / "sub-01" / "func").glob("*_stat-mean_timeseries.tsv"))
+    assert len(series) == 1 and "_run-2_" in series[0]
+    # a filter that selects nothing, and one that is not a filter
+    filters.write_text(json.dumps({"bold": {"run": 7}}))
+    code = main([str(truth.bids_dir), str(tmp_path / "o2"), *common, "-w", str(tmp_path / "w2"),
+                 "--bids-filter-file", str(filters)])
+    assert code == 18 and "--bids-filter-file" in capfd.readouterr().err
+    filters.write_text(json.dumps({"func": {"run": 1}}))
+    code = main([str(truth.bids_dir), str(tmp_path / "o3"), *common, "-w", str(tmp_path / "w3"),
+                 "--bids-filter-file", str(filters)])
+    err = capfd.readouterr().err
+    assert code == 64 and str(filters) in err and "'func'" in err

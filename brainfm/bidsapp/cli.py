@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="LABEL",
                      help="sessions to process (with or without 'ses-'); default all")
     sel.add_argument("--task-id", "--task_id", default="rest", help="task label of the BOLD runs")
+    sel.add_argument("--bids-filter-file", metavar="JSON",
+                     help="PyBIDS queries by input type that narrow the selection, as in "
+                          'fMRIPrep and XCP-D: e.g. {"bold": {"run": 2}} (keys: bold, mask, '
+                          "confounds)")
     sel.add_argument("--fmriprep-dir", metavar="PATH",
                      help="fMRIPrep derivatives (default: bids_dir/derivatives/fmriprep, or "
                           "bids_dir itself when it is an fMRIPrep derivatives dataset)")

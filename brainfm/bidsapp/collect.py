@@ -192,7 +192,8 @@ def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
     return tr, n_vols
 
 
-def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list) -> BoldRun:
+def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list,
+                 filters: dict[str, dict] | None = None) -> BoldRun:
     """One run's BOLD in the preferred standard space, its mask and confounds, checked."""
     spaces = {f.get_entities().get("space"): f for f in files}
     space = next((s for s in SUPPORTED_SPACES if s in spaces), None)
@@ -211,18 +212,21 @@ def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list) -> 
     bold = Path(bold_file.path)
     ents = bold_file.get_entities()
     base = _query_entities(entities)
+    filters = filters or {}
     mask = _one(layout, "brain mask (desc-brain_mask)", bold, *MASK_LAYOUTS, **base, space=space,
-                res=ents.get("res"), suffix="mask", extension=[".nii.gz", ".nii"])
+                res=ents.get("res"), suffix="mask", extension=[".nii.gz", ".nii"],
+                **filters.get("mask", {}))
     confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold,
-                     *CONFOUNDS_LAYOUTS, **base, desc="confounds", extension=".tsv", space=None)
+                     *CONFOUNDS_LAYOUTS, **base, desc="confounds", extension=".tsv", space=None,
+                     **filters.get("confounds", {}))
     tr, n_vols = _check_run(bold, confounds, bold_file)
     return BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
 
 
 def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None,
                  session_labels: list[str] | None = None,
-                 task: str = "rest", failed: dict[str, BrainfmError] | None = None
-                 ) -> dict[str, list[BoldRun]]:
+                 task: str = "rest", failed: dict[str, BrainfmError] | None = None,
+                 filters: dict[str, dict] | None = None) -> dict[str, list[BoldRun]]:
     """Collect and check the preprocessed BOLD runs of each selected participant.
 
     Parameters
@@ -239,6 +243,8 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
         When given, a participant whose run fails its checks is left out and its error put
         here (participant label to error), so that the others can go on; by default the first
         error is raised.
+    filters : dict, optional
+        ``--bids-filter-file`` queries by input type (``bold``, ``mask``, ``confounds``).
 
     Returns
     -------
@@ -265,11 +271,14 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
              "extension": [".nii.gz", ".nii"]}
     if session_labels:
         query["session"] = list(session_labels)
+    query.update((filters or {}).get("bold", {}))
     candidates = layout.get(invalid_filters="allow", **query)
     if not candidates:
         sessions = f" and session(s) {', '.join(session_labels)}" if session_labels else ""
+        chosen = f" matching {filters['bold']} (--bids-filter-file)" if (
+            filters or {}).get("bold") else ""
         raise NothingSelectedError(
-            f"no preprocessed BOLD (desc-preproc_bold) for task '{task}'{sessions} of "
+            f"no preprocessed BOLD (desc-preproc_bold) for task '{task}'{sessions}{chosen} of "
             f"{', '.join('sub-' + p for p in wanted)} in {fmriprep_dir}"
         )
     by_run: dict[tuple, list] = defaultdict(list)
@@ -282,7 +291,7 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
         if subject in failed_here:
             continue
         try:
-            run = _collect_run(layout, entities, files)
+            run = _collect_run(layout, entities, files, filters)
         except InputError as err:
             if failed is None:
                 raise

@@ -38,6 +38,7 @@ class Config:
     min_coverage: float = 0.5
     allow_atlas_space_mismatch: bool = False
     stop_on_first_crash: bool = False
+    bids_filters: dict[str, dict[str, Any]] | None = None
     min_time: float = 120.0
     work_dir: Path = Path("work")
     nprocs: int = 1
@@ -119,6 +120,42 @@ def resolve_fmriprep_dir(bids_dir: Path, given: Path | None, participant_labels:
         "derivatives dataset, and it holds no raw BOLD to preprocess. Point --fmriprep-dir at "
         "fMRIPrep's output folder."
     )
+
+
+#: Input types a ``--bids-filter-file`` may filter (PyBIDS queries, as fMRIPrep and XCP-D take).
+BIDS_FILTER_KEYS = ("bold", "mask", "confounds")
+
+
+def load_bids_filters(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a ``--bids-filter-file``: JSON keyed by input type, each a PyBIDS query.
+
+    Example: ``{"bold": {"run": 2, "session": "pre"}}`` selects run 2 of session ``pre``.
+
+    Raises
+    ------
+    UsageError
+        Unreadable, not JSON, a key that is not in :data:`BIDS_FILTER_KEYS`, or a value that is
+        not an object (exit 64).
+    """
+    import json
+
+    path = Path(path).absolute()
+    try:
+        filters = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read --bids-filter-file {path} ({err}); it must be JSON such "
+                         'as {"bold": {"run": 2}}') from err
+    if not isinstance(filters, dict):
+        raise UsageError(f"--bids-filter-file {path} must hold a JSON object keyed by input type "
+                         f"({', '.join(BIDS_FILTER_KEYS)})")
+    for key, query in filters.items():
+        if key not in BIDS_FILTER_KEYS:
+            raise UsageError(f"--bids-filter-file {path}: unknown input type {key!r}; use "
+                             f"{', '.join(BIDS_FILTER_KEYS)}")
+        if not isinstance(query, dict):
+            raise UsageError(f"--bids-filter-file {path}: {key!r} must map entities to values, "
+                             f'e.g. {{"{key}": {{"run": 2}}}}')
+    return filters
 
 
 def load_plugin_settings(path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -255,6 +292,7 @@ def from_args(args: Any) -> Config:
         min_coverage=args.min_coverage,
         allow_atlas_space_mismatch=args.allow_atlas_space_mismatch,
         stop_on_first_crash=args.stop_on_first_crash,
+        bids_filters=load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None,
         min_time=args.min_time,
         work_dir=work_dir,
         nprocs=nprocs,

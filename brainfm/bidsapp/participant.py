@@ -286,7 +286,7 @@ def run_participant_level(config: Config) -> None:
     # --stop-on-first-crash; problems with the options stop everything
     failed: dict[str | None, BrainfmError] | None = None if config.stop_on_first_crash else {}
     runs = collect_runs(config.fmriprep_dir, config.participant_label, config.session_label,
-                        config.task_id, failed=failed)
+                        config.task_id, failed=failed, filters=config.bids_filters)
     settings = workflow_settings(config)
     check_runs(runs, settings, failed=failed)
     n_selected = len(runs) + len(failed or {})

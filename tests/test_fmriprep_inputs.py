@@ -246,3 +246,22 @@ def test_bids_filter_file_selects_one_of_two_runs(tmp_path: Path,
                  "--bids-filter-file", str(filters)])
     err = capfd.readouterr().err
     assert code == 64 and str(filters) in err and "'func'" in err
+
+
+def test_several_tasks(base: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    func = bids / "derivatives" / "fmriprep" / "sub-01" / "func"
+    for path in sorted(func.iterdir()):  # the same run again as task "movie"
+        shutil.copy(path, func / path.name.replace("task-rest", "task-movie"))
+    out = tmp_path / "out"
+    common = ["participant", "--skip-bids-validation", "--nprocs", "1", "--min-time", "0",
+              "--model", "none"]
+    assert main([str(bids), str(out), *common, "-w", str(tmp_path / "w"),
+                 "-t", "rest", "movie"]) == 0, capfd.readouterr().err
+    tasks = sorted(p.name.split("_")[1] for p in
+                   (out / "sub-01" / "func").glob("*_stat-mean_timeseries.tsv"))
+    assert tasks == ["task-movie", "task-rest"]
+    code = main([str(bids), str(tmp_path / "o2"), *common, "-w", str(tmp_path / "w2"),
+                 "--task-id", "nback"])
+    assert code == 18 and "task nback" in capfd.readouterr().err

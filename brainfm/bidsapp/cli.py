@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--session-label", "--session_label", "--session-id", nargs="+",
                      metavar="LABEL",
                      help="sessions to process (with or without 'ses-'); default all")
-    sel.add_argument("--task-id", "--task_id", default="rest", help="task label of the BOLD runs")
+    sel.add_argument("-t", "--task-id", "--task_id", nargs="+", default=["rest"], metavar="TASK",
+                     help="task label(s) of the BOLD runs (default: rest)")
     sel.add_argument("--bids-filter-file", metavar="JSON",
                      help="PyBIDS queries by input type that narrow the selection, as in "
                           'fMRIPrep and XCP-D: e.g. {"bold": {"run": 2}} (keys: bold, mask, '

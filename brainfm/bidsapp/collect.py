@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import nibabel as nb
 import numpy as np
 
 from brainfm.errors import BrainfmError, InputError, NothingSelectedError
+from brainfm.preproc.inputs import task_labels
 
 LOGGER = logging.getLogger("brainfm.collect")
 
@@ -225,7 +227,8 @@ def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list,
 
 def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None,
                  session_labels: list[str] | None = None,
-                 task: str = "rest", failed: dict[str, BrainfmError] | None = None,
+                 task: str | Sequence[str] = "rest",
+                 failed: dict[str, BrainfmError] | None = None,
                  filters: dict[str, dict] | None = None) -> dict[str, list[BoldRun]]:
     """Collect and check the preprocessed BOLD runs of each selected participant.
 
@@ -237,8 +240,8 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
         Participants to process (without ``sub-``); all when empty.
     session_labels : list of str, optional
         Sessions to process (without ``ses-``); all when empty.
-    task : str
-        The task label (``rest``).
+    task : str or sequence of str
+        The task label(s) (``rest``).
     failed : dict, optional
         When given, a participant whose run fails its checks is left out and its error put
         here (participant label to error), so that the others can go on; by default the first
@@ -267,7 +270,8 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
             f"participant(s) {', '.join('sub-' + p for p in missing)} not found in "
             f"{fmriprep_dir} (available: {', '.join('sub-' + p for p in available) or 'none'})"
         )
-    query = {"subject": wanted, "task": task, "suffix": "bold", "desc": "preproc",
+    tasks = task_labels(task)
+    query = {"subject": wanted, "task": tasks, "suffix": "bold", "desc": "preproc",
              "extension": [".nii.gz", ".nii"]}
     if session_labels:
         query["session"] = list(session_labels)
@@ -278,7 +282,8 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
         chosen = f" matching {filters['bold']} (--bids-filter-file)" if (
             filters or {}).get("bold") else ""
         raise NothingSelectedError(
-            f"no preprocessed BOLD (desc-preproc_bold) for task '{task}'{sessions}{chosen} of "
+            f"no preprocessed BOLD (desc-preproc_bold) for task {', '.join(tasks)}{sessions}"
+            f"{chosen} of "
             f"{', '.join('sub-' + p for p in wanted)} in {fmriprep_dir}"
         )
     by_run: dict[tuple, list] = defaultdict(list)
@@ -306,5 +311,6 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
     for subject in wanted:
         if subject not in runs and subject not in failed_here:
             raise NothingSelectedError(
-                f"sub-{subject} has no preprocessed BOLD for task '{task}' in {fmriprep_dir}")
+                f"sub-{subject} has no preprocessed BOLD for task {', '.join(tasks)} in "
+                f"{fmriprep_dir}")
     return dict(runs)

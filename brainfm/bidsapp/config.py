@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class Config:
     fs_no_reconall: bool = False
     participant_label: list[str] = field(default_factory=list)
     session_label: list[str] = field(default_factory=list)
-    task_id: str = "rest"
+    task_id: tuple[str, ...] = ("rest",)
     atlases: list[str] = field(default_factory=lambda: ["CC200"])
     atlas_file: Path | None = None
     atlas_labels: Path | None = None
@@ -98,7 +99,7 @@ def is_fmriprep_dataset(path: Path) -> bool:
 
 
 def resolve_fmriprep_dir(bids_dir: Path, given: Path | None, participant_labels: list[str],
-                         task: str) -> Path | None:
+                         task: str | Sequence[str]) -> Path | None:
     """Where to read preprocessed BOLD: the given folder, ``bids_dir/derivatives/fmriprep``,
     or ``bids_dir`` itself when it is an fMRIPrep derivatives dataset; None when there are no
     derivatives but raw BOLD to preprocess."""
@@ -279,7 +280,7 @@ def from_args(args: Any) -> Config:
         fs_no_reconall=args.fs_no_reconall,
         participant_label=_strip_prefix(args.participant_label, "sub-"),
         session_label=_strip_prefix(args.session_label, "ses-"),
-        task_id=args.task_id,
+        task_id=tuple(args.task_id),
         atlases=list(args.atlases) if args.atlases else [],
         atlas_file=Path(args.atlas_file).absolute() if args.atlas_file else None,
         atlas_labels=Path(args.atlas_labels).absolute() if args.atlas_labels else None,

@@ -95,10 +95,15 @@ def _strip(labels: Sequence[str] | str | None, prefix: str) -> list[str]:
     return [str(label).strip().removeprefix(prefix) for label in labels]
 
 
+def task_labels(task: str | Sequence[str]) -> list[str]:
+    """``--task-id`` as a list of labels (one label or several)."""
+    return [task] if isinstance(task, str) else [str(t) for t in task]
+
+
 def find_raw_bold(
     bids_dir: str | Path,
     participant_labels: Sequence[str] | str | None = None,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
 ) -> list[Path]:
     """Raw BOLD files of a dataset, by file name only (fast; no metadata is read).
 
@@ -111,8 +116,8 @@ def find_raw_bold(
         The dataset.
     participant_labels : sequence of str or str, optional
         Participants (with or without ``sub-``); default all.
-    task : str, optional
-        Task label; default any.
+    task : str or sequence of str, optional
+        Task label(s); default any.
 
     Returns
     -------
@@ -127,7 +132,8 @@ def find_raw_bold(
             for path in root.glob(pattern):
                 if not re.search(r"_bold\.nii(\.gz)?$", path.name):
                     continue
-                if task is not None and f"_task-{task}_" not in f"{path.name}_":
+                if task is not None and not any(f"_task-{t}_" in f"{path.name}_"
+                                                for t in task_labels(task)):
                     continue
                 found.add(path)
     return sorted(found)
@@ -238,7 +244,7 @@ def collect_raw_runs(
     bids_dir: str | Path,
     participant_labels: Sequence[str] | str | None = None,
     session_labels: Sequence[str] | str | None = None,
-    task: str = "rest",
+    task: str | Sequence[str] = "rest",
 ) -> dict[str, list[RawBoldRun]]:
     """Collect and check the raw BOLD runs of the selected participants.
 
@@ -250,8 +256,8 @@ def collect_raw_runs(
         Participants (with or without ``sub-``); default all.
     session_labels : sequence of str or str, optional
         Sessions (with or without ``ses-``); default all.
-    task : str
-        Task label.
+    task : str or sequence of str
+        Task label(s).
 
     Returns
     -------
@@ -268,7 +274,7 @@ def collect_raw_runs(
     root = Path(bids_dir)
     layout = _layout(root)
     wanted = _strip(participant_labels, "sub-") or sorted(layout.get_subjects())
-    query: dict[str, Any] = {"subject": wanted, "task": task, "suffix": "bold",
+    query: dict[str, Any] = {"subject": wanted, "task": task_labels(task), "suffix": "bold",
                              "datatype": "func", "extension": [".nii.gz", ".nii"]}
     sessions = _strip(session_labels, "ses-")
     if sessions:
@@ -288,6 +294,7 @@ def collect_raw_runs(
     for subject in wanted:
         if subject not in runs:
             raise NothingSelectedError(
-                f"sub-{subject} has no raw BOLD for task '{task}' in {root}"
+                f"sub-{subject} has no raw BOLD for task {', '.join(task_labels(task))} in "
+                f"{root}"
             )
     return {sub: sorted(r, key=lambda x: x.prefix) for sub, r in sorted(runs.items())}

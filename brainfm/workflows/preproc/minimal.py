@@ -169,7 +169,7 @@ def run_minimal_preproc(
     bids_dir: str | Path,
     out_fmriprep_dir: str | Path,
     participant_label: Sequence[str] | str | None,
-    task: str,
+    task: str | Sequence[str],
     work_dir: str | Path,
     nprocs: int,
     omp_nthreads: int,

@@ -242,6 +242,25 @@ def test_all_runs_excluded_is_warned_and_counted(base_dataset: Path, tmp_path: P
     assert predictions.loc[0, "age"] == "n/a"
 
 
+def test_group_of_participants_without_predictions_says_so(base_dataset: Path, tmp_path: Path,
+                                                            capfd: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    for sub in ("01", "02"):
+        bold = _bold(ds).parent.parent.parent / f"sub-{sub}" / "func"
+        path = next(bold.glob("*_desc-preproc_bold.nii.gz"))
+        img = nb.load(path)
+        nb.Nifti1Image(np.zeros(img.shape, np.float32), img.affine, img.header).to_filename(path)
+    out = tmp_path / "out"
+    assert brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
+                         "--nprocs", "1", "--min-time", "0", "-w", str(tmp_path / "w")]) == 0
+    assert brainfm_main([str(ds / "bids"), str(out), "group"]) == 0
+    assert "Traceback" not in "".join(capfd.readouterr())
+    html = (out / "group_report.html").read_text()
+    assert "No age prediction to show" in html and "No brain-age gap" in html
+
+
 @pytest.mark.parametrize(("nprocs", "signum"), [("1", signal.SIGTERM), ("2", signal.SIGINT)])
 def test_signal_gives_one_line_and_128_plus_signal(base_dataset: Path, tmp_path: Path,
                                                    nprocs: str, signum: int) -> None:

@@ -135,7 +135,11 @@ def _accuracy_section(result: GroupResult) -> Section:
                         f"<code>{esc(column)}</code> of <code>participants.tsv</code> (the "
                         "model's training target).</p>")
         pred = table[f"{target}_pred"]
-        if target in table and table[target].notna().any():
+        if not pred.notna().any():
+            body.append(f'<p class="warning">No {esc(target.replace("_", " "))} prediction to '
+                        "show: every session's runs were excluded (see the quality-control "
+                        "section for the reasons).</p>")
+        elif target in table and table[target].notna().any():
             corrected = (table["age_pred_corrected"] if target == "age"
                          and "age_pred_corrected" in table else None)
             body.append(_safe_figure(
@@ -152,7 +156,7 @@ def _gap_section(result: GroupResult) -> Section:
     from brainfm.reports import figures
 
     table = result.table
-    if "age_gap" not in table:
+    if "age_gap" not in table or not table["age_gap"].notna().any():
         return Section("brain-age-gap", "Brain-age gap",
                        '<p class="note">No brain-age gap: it needs age predictions and known '
                        "ages (<code>age</code> in <code>participants.tsv</code>).</p>")

@@ -298,59 +298,85 @@ def output_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def dataset_description(source_datasets: list[str], container: Mapping[str, str] | None = None,
-                        model_hash: str | None = None) -> dict[str, Any]:
+def bids_version() -> str:
+    """The BIDS version of the schema installed with pybids (the entities brainfm names by)."""
+    try:
+        from bidsschematools.schema import load_schema
+
+        return str(load_schema()["bids_version"])
+    except Exception:  # noqa: BLE001 - an older or broken schema package: the last known
+        return "1.11.0"
+
+
+def dataset_description(sources: Mapping[str, str | Path],
+                        container: Mapping[str, str] | None = None,
+                        license_text: str | None = None) -> dict[str, Any]:
     """Build brainfm's ``dataset_description.json`` content.
 
     Parameters
     ----------
-    source_datasets : list of str
-        URLs or paths of the datasets read (``SourceDatasets``).
+    sources : mapping
+        Dataset name (as in the sidecars' ``bids:<name>:`` URIs: ``raw``, ``preprocessed``) to
+        its folder; they become ``DatasetLinks`` and (each folder once) ``SourceDatasets``.
     container : mapping, optional
         ``{"Type": "docker", "Tag": "..."}`` when running in a container.
-    model_hash : str, optional
-        SHA-256 of the model weights used for predictions.
+    license_text : str, optional
+        ``License`` of the outputs (the model's terms, when predictions are written).
     """
-    generated_by: dict[str, Any] = {
-        "Name": "brainfm",
-        "Version": __version__,
-        "CodeURL": "https://github.com/brainfm/brainfm",
-    }
+    generated_by: dict[str, Any] = {"Name": "brainfm", "Version": __version__}
     if container:
         generated_by["Container"] = dict(container)
-    if model_hash:
-        generated_by["ModelSHA256"] = model_hash
-    return {
+    links = {name: Path(path).absolute().as_uri() for name, path in sources.items()}
+    desc: dict[str, Any] = {
         "Name": "brainfm outputs",
-        "BIDSVersion": "1.10.0",
+        "BIDSVersion": bids_version(),
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [{"URL": src} for src in source_datasets],
+        "DatasetLinks": links,
+        "SourceDatasets": [{"URL": uri} for uri in dict.fromkeys(links.values())],
         "HowToAcknowledge": "Cite brainfm and the atlases listed in atlases/.",
     }
+    if license_text:
+        desc["License"] = license_text
+    return desc
 
 
 def container_info() -> dict[str, str] | None:
-    """Describe the container brainfm runs in, if any (Docker or Apptainer/Singularity)."""
+    """Describe brainfm's container when running in one (Apptainer/Singularity or Docker).
+
+    Docker is recognised by ``BRAINFM_IMAGE_TAG``, which brainfm's image sets: a ``/.dockerenv``
+    only says that *some* container runs, not that it is brainfm's image (a venv inside a
+    development container is not).
+    """
     if os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
         image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER", "")
         return {"Type": "apptainer", "URI": image}
-    if Path("/.dockerenv").exists():
-        return {"Type": "docker", "Tag": os.environ.get("BRAINFM_IMAGE_TAG", "brainfm")}
+    if os.environ.get("BRAINFM_IMAGE_TAG"):
+        return {"Type": "docker", "Tag": os.environ["BRAINFM_IMAGE_TAG"]}
     return None
 
 
-def init_output_dataset(output_dir: Path, source_datasets: list[str]) -> None:
+def init_output_dataset(output_dir: Path, sources: Mapping[str, str | Path],
+                        license_text: str | None = None) -> None:
     """Create or update the shared files of the output dataset, safely under the lock.
 
-    An existing ``dataset_description.json`` from the same brainfm version is kept; one from
-    another version is replaced (and the previous ``GeneratedBy`` kept as history, like
-    fMRIPrep does).
+    An existing ``dataset_description.json`` from the same brainfm version is kept, with the
+    dataset links and licence of this run added; one from another version is replaced (and the
+    previous ``GeneratedBy`` kept as history, like fMRIPrep does).
+
+    Parameters
+    ----------
+    output_dir : Path
+        The output dataset.
+    sources : mapping
+        Dataset name to folder (see :func:`dataset_description`).
+    license_text : str, optional
+        ``License`` of the outputs.
     """
     output_dir = Path(output_dir)
     with output_lock(output_dir):
         desc_path = output_dir / "dataset_description.json"
-        desc = dataset_description(source_datasets, container_info())
+        desc = dataset_description(sources, container_info(), license_text)
         if desc_path.exists():
             try:
                 previous = json.loads(desc_path.read_text())
@@ -366,7 +392,13 @@ def init_output_dataset(output_dir: Path, source_datasets: list[str]) -> None:
                     "remove the file, or choose another output folder")
             prev_gen = [g for g in previous.get("GeneratedBy", []) if isinstance(g, dict)]
             if prev_gen and prev_gen[0].get("Version") == __version__:
-                desc = previous
+                links = {**(previous.get("DatasetLinks") or {}), **desc["DatasetLinks"]}
+                urls = [s.get("URL") for s in previous.get("SourceDatasets", [])
+                        if isinstance(s, dict)]
+                desc = {**previous, "DatasetLinks": links, "SourceDatasets": [
+                    {"URL": u} for u in dict.fromkeys([*urls, *links.values()]) if u]}
+                if license_text:
+                    desc["License"] = license_text
             else:
                 desc["GeneratedBy"].extend(g for g in prev_gen if g not in desc["GeneratedBy"])
         write_json_atomic(desc_path, desc)

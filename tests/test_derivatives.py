@@ -38,7 +38,7 @@ def test_tsv_written_with_na_and_no_leftover_temp(tmp_path):
 
 def _init(out):
     for _ in range(20):
-        init_output_dataset(out, ["/data/bids"])
+        init_output_dataset(out, {"raw": "/data/bids"})
 
 
 def test_parallel_jobs_keep_shared_files_intact(tmp_path):
@@ -55,3 +55,28 @@ def test_parallel_jobs_keep_shared_files_intact(tmp_path):
     lines = (tmp_path / ".bidsignore").read_text().splitlines()
     assert lines == list(BIDSIGNORE_PATTERNS)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_dataset_description_links_every_uri_and_names_no_container_outside_one(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("BRAINFM_IMAGE_TAG", raising=False)
+    monkeypatch.delenv("APPTAINER_CONTAINER", raising=False)
+    monkeypatch.delenv("SINGULARITY_CONTAINER", raising=False)
+    bids = tmp_path / "bids"
+    init_output_dataset(tmp_path / "out", {"raw": bids, "preprocessed": bids})
+    desc = json.loads((tmp_path / "out" / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"] == {"raw": bids.as_uri(), "preprocessed": bids.as_uri()}
+    assert desc["SourceDatasets"] == [{"URL": bids.as_uri()}]  # the same folder once
+    assert "Container" not in desc["GeneratedBy"][0] and "CodeURL" not in desc["GeneratedBy"][0]
+    assert desc["BIDSVersion"] >= "1.11" and "License" not in desc
+    # a later run of the same version adds its links and the model's licence
+    fmriprep = tmp_path / "fmriprep"
+    init_output_dataset(tmp_path / "out", {"preprocessed": fmriprep}, license_text="CC BY")
+    desc = json.loads((tmp_path / "out" / "dataset_description.json").read_text())
+    assert desc["DatasetLinks"]["preprocessed"] == fmriprep.as_uri()
+    assert desc["License"] == "CC BY"
+    assert [s["URL"] for s in desc["SourceDatasets"]] == [bids.as_uri(), fmriprep.as_uri()]
+    monkeypatch.setenv("BRAINFM_IMAGE_TAG", "brainfm:1.0")
+    init_output_dataset(tmp_path / "out2", {"raw": bids})
+    desc = json.loads((tmp_path / "out2" / "dataset_description.json").read_text())
+    assert desc["GeneratedBy"][0]["Container"] == {"Type": "docker", "Tag": "brainfm:1.0"}

@@ -101,7 +101,7 @@ def write_group_fixture(root: Path, n_participants: int = 6, seed: int = 0,
     rng = np.random.default_rng(seed)
     bids, out = root / "bids", root / "out"
     bids.mkdir(parents=True, exist_ok=True)
-    init_output_dataset(out, [str(bids)])
+    init_output_dataset(out, {"raw": bids})
     atlas = get_atlas("CC200")
     copy_atlases(out, [atlas])
     names = atlas.labels["name"].astype(str).tolist()

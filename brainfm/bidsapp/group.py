@@ -22,7 +22,6 @@ the root of the output dataset:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,17 +501,7 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
 
 def _update_shared_files(output_dir: Path, bids_dir: Path | None) -> None:
     """Refresh ``.bidsignore`` (the ``group_*`` pattern) keeping the recorded sources."""
-    sources: list[str] = []
-    desc = output_dir / "dataset_description.json"
-    if desc.is_file():
-        try:
-            sources = [str(s.get("URL")) for s in json.loads(desc.read_text())
-                       .get("SourceDatasets", []) if isinstance(s, dict) and s.get("URL")]
-        except (OSError, json.JSONDecodeError, AttributeError):
-            sources = []
-    if not sources and bids_dir is not None:
-        sources = [str(bids_dir)]
-    init_output_dataset(output_dir, sources)
+    init_output_dataset(output_dir, {"raw": bids_dir} if bids_dir is not None else {})
 
 
 def write_group_outputs(result: GroupResult, output_dir: str | Path,

@@ -133,6 +133,16 @@ def preprocess_raw(config: Config) -> Path:
         session_label=config.session_label or None, poll_sleep=config.poll_sleep)
 
 
+def model_license(model_dir: str | None) -> str | None:
+    """The ``license`` of the model's card (the outputs' terms when it predicts), or None."""
+    if model_dir is None:
+        return None
+    import json
+
+    card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    return card.get("license")
+
+
 def workflow_settings(config: Config) -> dict:
     """The options the per-run nodes need, as a plain dict (recorded in the sidecars too)."""
     return {
@@ -300,7 +310,9 @@ def run_participant_level(config: Config) -> None:
                 "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
                 config.nuisance_regressors)
 
-    init_output_dataset(config.output_dir, [str(config.bids_dir), str(config.fmriprep_dir)])
+    init_output_dataset(config.output_dir,
+                        {"raw": config.bids_dir, "preprocessed": config.fmriprep_dir},
+                        license_text=model_license(model_dir))
     copy_atlases(config.output_dir, unique_atlases(placed))
 
     from brainfm.workflows.base import init_brainfm_wf

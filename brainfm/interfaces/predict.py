@@ -156,6 +156,7 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
         written.append(str(write_json_atomic(tsv.with_suffix(".json"), {
             "Description": _DESCRIPTION_ENSEMBLE if card.get("ensemble") else _DESCRIPTION,
             "ModelSHA256": card.get("weights_sha256"),
+            "License": card.get("license"),
             "ModelCard": model_card_summary(card),
             "TargetNotes": target_notes(card),
             "Sources": sources,

@@ -27,6 +27,7 @@ import nibabel as nib
 
 from brainfm import __version__
 from brainfm.derivatives import (
+    bids_version,
     build_name,
     copy_atomic,
     output_lock,
@@ -66,13 +67,12 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path
     desc_path = out / "dataset_description.json"
     content = {
         "Name": "brainfm minimal preprocessing",
-        "BIDSVersion": "1.10.0",
+        "BIDSVersion": bids_version(),
         "DatasetType": "derivative",
         "GeneratedBy": [{
             "Name": GENERATED_BY,
             "Version": __version__,
             "Description": _DESCRIPTION,
-            "CodeURL": "https://github.com/brainfm/brainfm",
         }],
         "DatasetLinks": {"raw": Path(bids_dir).absolute().as_uri()},
         "SourceDatasets": [{"URL": Path(bids_dir).absolute().as_uri()}],

@@ -32,6 +32,7 @@ ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", 
 BIDSIGNORE_PATTERNS = (
     "/atlases",
     "/logs",
+    "/sub-*/log",
     "*_timeseries.tsv",
     "*_timeseries.json",
     "*_relmat.tsv",

@@ -265,3 +265,40 @@ def test_several_tasks(base: Path, tmp_path: Path, capfd: pytest.CaptureFixture[
     code = main([str(bids), str(tmp_path / "o2"), *common, "-w", str(tmp_path / "w2"),
                  "--task-id", "nback"])
     assert code == 18 and "task nback" in capfd.readouterr().err
+
+
+def test_run_records_and_config_file(base: Path, tmp_path: Path,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    shutil.copytree(base, tmp_path / "ds")
+    bids = tmp_path / "ds" / "bids"
+    out = tmp_path / "out"
+    assert main([str(bids), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+                 "--min-time", "0", "--fd-thresh", "0.3", "--model", "none",
+                 "-w", str(tmp_path / "w")]) == 0
+    (record,) = (out / "sub-01" / "log").glob("*/brainfm.toml")
+    options = tomllib.loads(record.read_text())["options"]
+    assert options["fd_thresh"] == 0.3 and options["work_dir"] == str(tmp_path / "w")
+    run_id = record.parent.name
+    log = (out / "logs" / run_id / "brainfm.log").read_text()
+    assert f"run {run_id}" in log and "brainfm finished" in log
+    citation = (out / "logs" / "CITATION.md").read_text()
+    assert "above 0.3 mm" in citation and "Craddock" in citation
+    # the record runs again with the same options; the command line wins over it
+    capfd.readouterr()
+    assert main([str(bids), str(tmp_path / "out2"), "participant", "--config-file", str(record),
+                 "--min-time", "5"]) == 0, capfd.readouterr().err
+    (again,) = (tmp_path / "out2" / "sub-01" / "log").glob("*/brainfm.toml")
+    rerun = tomllib.loads(again.read_text())["options"]
+    assert rerun["fd_thresh"] == 0.3 and rerun["min_time"] == 5.0
+    # --boilerplate-only: the methods text, nothing processed
+    assert main([str(bids), str(tmp_path / "out3"), "participant", "--skip-bids-validation",
+                 "--boilerplate-only", "--model", "none", "-w", str(tmp_path / "w3")]) == 0
+    assert (tmp_path / "out3" / "logs" / "CITATION.md").is_file()
+    assert not list((tmp_path / "out3").glob("sub-*"))
+    # a record with an option brainfm does not have
+    record.write_text(record.read_text().replace("fd_thresh", "fd_threshold"))
+    code = main([str(bids), str(tmp_path / "out4"), "participant", "--config-file", str(record)])
+    err = capfd.readouterr().err
+    assert code == 64 and "fd_threshold" in err and str(record) in err

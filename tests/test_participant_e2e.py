@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from output_tree import output_tree
 
 from brainfm.atlases import get_atlas
 from brainfm.bidsapp.cli import main
@@ -132,10 +133,7 @@ def test_fd_thresh_zero_disables_censoring(painted, outputs):
 
 def test_output_tree_matches_expected_list(outputs):
     out = outputs["default"]
-    found = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                   if p.is_file() and p.name != ".brainfm.lock")
-    expected = EXPECTED.read_text().split()
-    assert found == expected
+    assert output_tree(out) == EXPECTED.read_text().split()
 
 
 def test_sidecars_and_dataset_description(outputs):

@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-w", "--work-dir", metavar="PATH",
                       help="nipype working directory (reused by reruns); default "
                            "output_dir/../work, or ./work when that is inside the dataset")
+    rec = parser.add_argument_group("run records (output_dir/logs/ and sub-<label>/log/)")
+    rec.add_argument("--config-file", metavar="TOML",
+                     help="options from the brainfm.toml a run recorded (options given here "
+                          "win)")
+    rec.add_argument("--boilerplate-only", action="store_true",
+                     help="write the methods boilerplate (logs/CITATION.md) and stop")
     perf.add_argument("--stop-on-first-crash", action="store_true",
                       help="stop every participant at the first failure (default: the other "
                            "participants finish, and the failed ones are named at the end)")
@@ -187,9 +193,24 @@ def _limit_threads(n_threads: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run brainfm; return the process exit code (also used as ``sys.exit`` status)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known, _ = parser.parse_known_args(argv)
+    if known.config_file:
+        code = run_command(PROG, lambda: _defaults_from_record(parser, known.config_file))
+        if code:
+            return code
     args = parser.parse_args(argv)
+    args.command = argv
     _setup_logging(args.verbose)
     return run_command(PROG, lambda: _run(args))
+
+
+def _defaults_from_record(parser: argparse.ArgumentParser, path: str) -> None:
+    """``--config-file``: the recorded options become the parser's defaults."""
+    from brainfm.bidsapp.records import NOT_RECORDED, read_config_file
+
+    known = {a.dest for a in parser._actions} - {"help", "version", *NOT_RECORDED}
+    parser.set_defaults(**read_config_file(path, known))
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -40,6 +40,10 @@ class Config:
     allow_atlas_space_mismatch: bool = False
     stop_on_first_crash: bool = False
     bids_filters: dict[str, dict[str, Any]] | None = None
+    boilerplate_only: bool = False
+    #: The parsed command line (for the run record, ``brainfm.toml``) and the command itself.
+    arguments: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
     min_time: float = 120.0
     work_dir: Path = Path("work")
     nprocs: int = 1
@@ -294,6 +298,9 @@ def from_args(args: Any) -> Config:
         allow_atlas_space_mismatch=args.allow_atlas_space_mismatch,
         stop_on_first_crash=args.stop_on_first_crash,
         bids_filters=load_bids_filters(args.bids_filter_file) if args.bids_filter_file else None,
+        boilerplate_only=args.boilerplate_only,
+        arguments={k: _absolute_if_path(k, v) for k, v in vars(args).items()},
+        command=list(getattr(args, "command", []) or []),
         min_time=args.min_time,
         work_dir=work_dir,
         nprocs=nprocs,
@@ -310,6 +317,19 @@ def from_args(args: Any) -> Config:
         plugin=plugin,
         plugin_args=plugin_args,
     )
+
+
+#: Options that name files or folders: recorded absolute, so that a record reruns anywhere.
+PATH_OPTIONS = ("fmriprep_dir", "fs_license_file", "atlas_file", "atlas_labels", "work_dir",
+                "reference_ages", "use_plugin", "bids_filter_file")
+
+
+def _absolute_if_path(key: str, value: Any) -> Any:
+    if key in PATH_OPTIONS and value is not None:
+        return str(Path(value).absolute())
+    if key == "model" and value not in (None, "default", "none"):
+        return str(Path(value).absolute())
+    return value
 
 
 def _model_argument(value: str | None) -> str:

@@ -15,11 +15,18 @@ from brainfm.atlases import Atlas
 from brainfm.bidsapp.collect import collect_runs
 from brainfm.bidsapp.config import Config
 from brainfm.bidsapp.preflight import check_runs
+from brainfm.bidsapp.records import (
+    RunLog,
+    methods_boilerplate,
+    new_run_id,
+    write_run_config,
+)
 from brainfm.bidsapp.validation import validate_bids
-from brainfm.derivatives import init_output_dataset, read_tsv
+from brainfm.derivatives import init_output_dataset, read_tsv, write_text_atomic
 from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
 from brainfm.outputs import copy_atlases
 from brainfm.processing.censoring import resolve_dummy_scans
+from brainfm.processing.confounds import get_strategy
 
 LOGGER = logging.getLogger("brainfm")
 
@@ -133,14 +140,13 @@ def preprocess_raw(config: Config) -> Path:
         session_label=config.session_label or None, poll_sleep=config.poll_sleep)
 
 
-def model_license(model_dir: str | None) -> str | None:
-    """The ``license`` of the model's card (the outputs' terms when it predicts), or None."""
+def read_model_card(model_dir: str | None) -> dict[str, Any] | None:
+    """The card of the model that predicts (checked by :func:`prepare_model`), or None."""
     if model_dir is None:
         return None
     import json
 
-    card = json.loads((Path(model_dir) / "model_card.json").read_text())
-    return card.get("license")
+    return json.loads((Path(model_dir) / "model_card.json").read_text())
 
 
 def workflow_settings(config: Config) -> dict:
@@ -269,7 +275,7 @@ def run_participant_level(config: Config) -> None:
         selected, processing failure).
     """
     from brainfm.interfaces.parcellate import resolve_atlases
-    from brainfm.processing.confounds import band_pass, get_strategy
+    from brainfm.processing.confounds import band_pass
 
     atlases = resolve_atlases(config.atlases, config.atlas_file, config.atlas_labels,
                               config.atlas_name)
@@ -310,13 +316,35 @@ def run_participant_level(config: Config) -> None:
                 "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
                 config.nuisance_regressors)
 
+    card = read_model_card(model_dir)
     init_output_dataset(config.output_dir,
                         {"raw": config.bids_dir, "preprocessed": config.fmriprep_dir},
-                        license_text=model_license(model_dir))
+                        license_text=card.get("license") if card else None)
+    boilerplate = methods_boilerplate(config.to_dict(), unique_atlases(placed),
+                                      get_strategy(config.nuisance_regressors), card)
+    citation = write_text_atomic(config.output_dir / "logs" / "CITATION.md", boilerplate)
+    if config.boilerplate_only:
+        LOGGER.info("methods boilerplate written to %s", citation)
+        return
     copy_atlases(config.output_dir, unique_atlases(placed))
+    run_id = new_run_id()
+    for sub in runs:
+        write_run_config(config.output_dir / f"sub-{sub}" / "log" / run_id, config.arguments,
+                         run_id, config.command)
+    with RunLog(config.output_dir / "logs" / run_id):
+        LOGGER.info("run %s: options in sub-<label>/log/%s/brainfm.toml, methods in %s",
+                    run_id, run_id, citation)
+        _run_workflow(config, runs, placed, settings, model_dir, model_atlas, failed,
+                      n_selected)
 
+
+def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
+                  model_dir: str | None, model_atlas: str | None, failed: dict | None,
+                  n_selected: int) -> None:
+    """Build and run the nipype workflow of the selected participants; summarise it."""
     from brainfm.workflows.base import init_brainfm_wf
 
+    n_runs = sum(len(r) for r in runs.values())
     config.work_dir.mkdir(parents=True, exist_ok=True)
     settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(

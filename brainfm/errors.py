@@ -82,7 +82,8 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
     """Run a command's body with brainfm's exit-code contract; return the exit code.
 
-    A :class:`BrainfmError` prints one ``prog: error: …`` line and returns its code. SIGINT and
+    A :class:`BrainfmError` prints one ``prog: error: …`` line and returns its code; so does an
+    ``OSError`` that names a file (a full disk, a quota, permissions: exit 1). SIGINT and
     SIGTERM (Ctrl-C, ``kill``, a cluster's time limit) interrupt the body and return 130 / 143
     (128 + the signal) with one line, even when a library caught the interruption and raised
     something else in its place (nipype turns it into a node failure).
@@ -123,6 +124,12 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         if isinstance(err, BrainfmError):
             print(f"{prog}: error: {err}", file=sys.stderr)
             return err.exit_code
+        if isinstance(err, OSError) and err.filename:  # disk full, quota, permissions
+            where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+            print(f"{prog}: error: cannot write or read {where}: {err.strerror or err}; free "
+                  "space or fix the permissions, then rerun the same command",
+                  file=sys.stderr)
+            return ProcessingError.exit_code
         if isinstance(err, KeyboardInterrupt):
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130

@@ -218,6 +218,38 @@ def test_output_problems(base_dataset: Path, tmp_path: Path,
     assert_contract(capfd, code, 64, "brainfm", str(ds / "bids"), before, ds)
 
 
+@pytest.mark.parametrize("limit", [200_000, 700_000])  # outside any node, inside one
+def test_full_disk_exits_1_and_publishes_no_participant(base_dataset: Path, tmp_path: Path,
+                                                        limit: int) -> None:
+    """A full disk, as a file-size limit (writes fail with EFBIG as they would with ENOSPC)."""
+    import resource
+
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "brainfm.bidsapp.cli", str(ds / "bids"), str(out), "participant",
+         "--skip-bids-validation", "--nprocs", "1", "--min-time", "0",
+         "-w", str(tmp_path / "w")], preexec_fn=small_disk, capture_output=True, text=True,
+        env={**os.environ, "NIPYPE_NO_ET": "1"}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("brainfm: error:")]
+    assert len(line) == 1, proc.stderr
+    # what and where: the file, or (failures inside nodes, one line per participant) the crash
+    # file that holds the traceback
+    assert "File too large" in proc.stderr and str(tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert incomplete_participants(out) == sorted(p.name for p in out.glob("sub-*/"))
+    assert not list(out.glob("sub-*.html"))
+    assert snapshot(ds) == before
+
+
 def test_all_runs_excluded_is_warned_and_counted(base_dataset: Path, tmp_path: Path,
                                                  capfd: pytest.CaptureFixture[str],
                                                  caplog: pytest.LogCaptureFixture) -> None:

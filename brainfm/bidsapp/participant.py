@@ -284,7 +284,7 @@ def run_participant_level(config: Config) -> None:
     get_strategy(config.nuisance_regressors)  # a known name, or a readable strategy file
     band_pass(config.nuisance_regressors, config.lower_bpf, config.upper_bpf)  # inverted?
     if config.skip_bids_validation:
-        pass
+        LOGGER.info("BIDS validation skipped (--skip-bids-validation)")
     elif config.bids_dir == config.fmriprep_dir:
         # fMRIPrep's folder is no raw dataset, and the validator does not know its own files
         # (confounds, figures/, logs/); brainfm checks each file it reads (collect_runs)
@@ -311,10 +311,9 @@ def run_participant_level(config: Config) -> None:
     placed = place_atlases(atlases, {run.space: run.bold_file for sub_runs in runs.values()
                                      for run in sub_runs}, config.work_dir / "atlases",
                            config.allow_atlas_space_mismatch)
-    n_runs = sum(len(r) for r in runs.values())
     LOGGER.info("brainfm participant level: %d participant(s), %d run(s), atlases %s, "
-                "strategy %s", len(runs), n_runs, ", ".join(a.label for a in atlases),
-                config.nuisance_regressors)
+                "strategy %s", len(runs), sum(len(r) for r in runs.values()),
+                ", ".join(a.label for a in atlases), config.nuisance_regressors)
 
     card = read_model_card(model_dir)
     init_output_dataset(config.output_dir,

@@ -171,8 +171,10 @@ def test_participant_bad_input(base_dataset: Path, tmp_path: Path, setup, expect
     code = brainfm_main([str(ds / "bids"), str(out), "participant", "--skip-bids-validation",
                          "--nprocs", "1", "--min-time", "0", *work, *extra])
     assert_contract(capfd, code, expected, "brainfm", names, before, ds)
-    # nothing of the broken participant is published (sub-01 is the one broken, when one is)
-    assert not (out / "sub-01").exists()
+    # nothing of the broken participant is published (sub-01 is the one broken, when one is):
+    # at most the record of the attempt (sub-01/log/), and no report, so it counts as incomplete
+    assert not (out / "sub-01" / "func").exists() and not (out / "sub-01.html").exists()
+    assert {p.name for p in (out / "sub-01").glob("*")} <= {"log"}
 
 
 def test_usage_errors_exit_64_with_one_line(tmp_path: Path,

@@ -125,7 +125,7 @@ def test_one_broken_participant_does_not_stop_the_others(tmp_path: Path,
     for sub in ("01", "03"):  # the others are complete
         assert (out / f"sub-{sub}" / f"sub-{sub}_desc-runs_qc.tsv").is_file()
         assert (out / f"sub-{sub}" / "func" / f"sub-{sub}_desc-brainfm_predictions.tsv").is_file()
-    assert not (out / "sub-02").exists()
+    assert not (out / "sub-02" / "func").exists() and not (out / "sub-02.html").exists()
     # a second broken participant, found before any work: both named, exit 1
     next((truth.fmriprep_dir / "sub-03" / "func").glob("*_timeseries.tsv")).unlink()
     before = snapshot(bids)

@@ -96,7 +96,7 @@ def test_nans_in_bold(dataset, tmp_path, capsys):
     assert run(dataset, tmp_path / "out") == 66
     err = capsys.readouterr().err
     assert bold.name in err and "NaN" in err
-    assert not (tmp_path / "out" / "sub-02").exists()  # nothing half-written
+    assert not (tmp_path / "out" / "sub-02" / "func").exists()  # nothing half-written
 
 
 def test_truncated_nifti(dataset, tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_truncated_nifti(dataset, tmp_path, capsys):
         gzip.decompress(bold.read_bytes())
     assert run(dataset, tmp_path / "out", "--participant-label", "01") == 66
     assert bold.name in capsys.readouterr().err
-    assert not (tmp_path / "out" / "sub-01").exists()
+    assert not (tmp_path / "out" / "sub-01" / "func").exists()
 
 
 def test_run_shorter_than_minimum_is_excluded_with_reason(dataset, tmp_path):

@@ -252,6 +252,81 @@ def test_full_disk_exits_1_and_publishes_no_participant(base_dataset: Path, tmp_
     assert snapshot(ds) == before
 
 
+@pytest.fixture()
+def read_only_dir(tmp_path: Path):
+    """A folder nobody can write, root included: a read-only bind mount (skipped where the
+    sandbox allows no mount; permission bits do not stop root)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    steps = (["mount", "--bind", str(folder), str(folder)],
+             ["mount", "-o", "remount,bind,ro", str(folder)])
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+            pytest.skip("no read-only bind mount here (needs root and mount rights)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_unwritable_output_work_and_import_folders(base_dataset: Path, tmp_path: Path,
+                                                   read_only_dir: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+    common = ["participant", "--skip-bids-validation", "--nprocs", "1"]
+    out = read_only_dir / "out"
+    code = brainfm_main([str(ds / "bids"), str(out), *common, "-w", str(tmp_path / "w")])
+    assert_contract(capfd, code, 64, "brainfm", str(out), before, ds)
+    work = read_only_dir / "work"
+    code = brainfm_main([str(ds / "bids"), str(tmp_path / "out"), *common, "-w", str(work)])
+    assert_contract(capfd, code, 64, "brainfm", str(work), before, ds)
+    assert not (tmp_path / "out").exists()  # refused before any shared output
+    src = make_fake_pcp(tmp_path / "pcp")
+    before = snapshot(src)
+    code = import_main(["pcp", str(src), str(read_only_dir / "imported")])
+    assert_contract(capfd, code, 64, "brainfm-import", str(read_only_dir / "imported"), before,
+                    src)
+
+
+def test_partial_coverage_raw_epi_is_refused_before_preprocessing(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A 40 s, 3-slice EPI: named with its size and length, not preprocessed until it fails."""
+    bids = tmp_path / "bids"
+    func = bids / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0", "DatasetType": "raw"}))
+    bold = func / "sub-01_task-rest_bold.nii.gz"
+    nb.Nifti1Image(np.ones((64, 64, 3, 20), np.int16), np.diag([3.0, 3.0, 3.0, 1.0])
+                   ).to_filename(bold)
+    (func / "sub-01_task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0,
+                                                                  "TaskName": "rest"}))
+    before = snapshot(bids)
+    code = brainfm_main([str(bids), str(tmp_path / "out"), "participant", "--preproc",
+                         "minimal", "--skip-bids-validation", "--nprocs", "1",
+                         "-w", str(tmp_path / "w")])
+    line = assert_contract(capfd, code, 66, "brainfm", str(bold), before, bids)
+    assert "64x64x3 voxels" in line and "40 s" in line and "--preproc fmriprep" in line
+
+
+def test_relative_model_folder_predicts(base_dataset: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model mymodel`` from the current folder (the predict node runs elsewhere)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    shutil.copytree(Path(__file__).parents[1] / "brainfm" / "data" / "models" / "default",
+                    tmp_path / "mymodel")
+    monkeypatch.chdir(tmp_path)
+    assert brainfm_main(["ds/bids", "out", "participant", "--skip-bids-validation", "--nprocs",
+                         "1", "--min-time", "0", "--model", "mymodel", "-w", "w"]) == 0
+    predictions = pd.read_csv(next((tmp_path / "out").glob("sub-01/func/*_predictions.tsv")),
+                              sep="\t")
+    assert np.isfinite(predictions["age"]).all()
+
+
 def test_all_runs_excluded_is_warned_and_counted(base_dataset: Path, tmp_path: Path,
                                                  capfd: pytest.CaptureFixture[str],
                                                  caplog: pytest.LogCaptureFixture) -> None:

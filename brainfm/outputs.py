@@ -73,7 +73,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
            if is_strategy_file(settings["strategy"]) else {}),
         "NuisanceRegressors": info.get("nuisance_regressors", []),
         "FDThreshold": settings["fd_thresh"],
-        "DummyScans": run["dummy_scans"],
+        "DummyScans": info.get("dummy_scans", settings["dummy_scans"]),
         "BandpassFilter": {"HighPass": info.get("high_pass"), "LowPass": info.get("low_pass")},
         "NumberOfVolumes": info.get("n_volumes"),
         "NumberOfVolumesRetained": info.get("n_retained"),

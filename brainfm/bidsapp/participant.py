@@ -25,7 +25,6 @@ from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import init_output_dataset, read_tsv, write_text_atomic
 from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
 from brainfm.outputs import copy_atlases
-from brainfm.processing.censoring import resolve_dummy_scans
 from brainfm.processing.confounds import get_strategy
 
 LOGGER = logging.getLogger("brainfm")
@@ -347,10 +346,7 @@ def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
     config.work_dir.mkdir(parents=True, exist_ok=True)
     settings.update(model_dir=model_dir, model_atlas=model_atlas, device=config.device)
     workflow = init_brainfm_wf(
-        {sub: [{**run.to_dict(), **atlas_inputs(placed[run.space]),
-                "dummy_scans": resolve_dummy_scans(config.dummy_scans,
-                                                   read_tsv(run.confounds_file))}
-               for run in sub_runs]
+        {sub: [{**run.to_dict(), **atlas_inputs(placed[run.space])} for run in sub_runs]
          for sub, sub_runs in runs.items()},
         settings, config.output_dir, config.work_dir,
     )

@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
 
 from brainfm.derivatives import read_tsv
 from brainfm.interfaces.parcellate import load_parcel_signals
+from brainfm.processing.censoring import resolve_dummy_scans
 from brainfm.processing.connectivity import pearson_connectivity
 from brainfm.processing.denoise import denoise_roi_signals, signal_exclusion
 
@@ -26,16 +27,18 @@ MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
 
 
 def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: Path, *,
-                tr: float, strategy: str, fd_thresh: float, dummy_scans: int,
+                tr: float, strategy: str, fd_thresh: float, dummy_scans: int | str,
                 lower_bpf: float | None, upper_bpf: float | None, min_time: float) -> Path:
     """Denoise every atlas' ROI signals of one run and write the results to ``out_dir``.
 
     Writes ``design.tsv`` (the design matrix), ``outliers.tsv``, ``motion.tsv``, per atlas
     ``atlas-<label>_timeseries.tsv``, ``_relmat.tsv`` and ``_coverage.tsv``, and ``run.json``
-    (retained time, exclusion reason, low-coverage ROIs). Excluded runs get no time series.
+    (retained time, exclusion reason, low-coverage ROIs, the dummy scans dropped: ``auto``
+    counts fMRIPrep's non-steady-state columns). Excluded runs get no time series.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     confounds = read_tsv(confounds_file)
+    dummy_scans = resolve_dummy_scans(dummy_scans, confounds)
     signals = load_parcel_signals(signals_file)
     labels = list(signals)
     # one denoising call for the ROIs of every atlas (same design matrix and censoring)
@@ -59,6 +62,7 @@ def denoise_run(signals_file: str | Path, confounds_file: str | Path, out_dir: P
     summary: dict = {
         "n_volumes": int(len(result.sample_mask)),
         "n_retained": int(np.sum(result.sample_mask)),
+        "dummy_scans": dummy_scans,
         "retained_seconds": float(result.retained_seconds),
         "excluded_reason": reason,
         "mean_fd": float(np.nanmean(confounds["framewise_displacement"]))
@@ -95,7 +99,8 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     repetition_time = traits.Float(mandatory=True, desc="repetition time (s)")
     strategy = traits.Str("pcp", usedefault=True, desc="denoising strategy")
     fd_thresh = traits.Float(0.5, usedefault=True, desc="FD threshold (mm), 0 disables")
-    dummy_scans = traits.Int(0, usedefault=True, desc="initial volumes to drop")
+    dummy_scans = traits.Either(traits.Int, traits.Enum("auto"), default=0, usedefault=True,
+                                desc="initial volumes to drop, or 'auto'")
     lower_bpf = traits.Either(None, traits.Float, usedefault=True, desc="high-pass cutoff (Hz)")
     upper_bpf = traits.Either(None, traits.Float, usedefault=True, desc="low-pass cutoff (Hz)")
     min_time = traits.Float(120.0, usedefault=True, desc="minimum retained time (s)")

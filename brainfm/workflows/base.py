@@ -58,7 +58,7 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
         DenoiseROISignals(
             confounds_file=run["confounds_file"], repetition_time=run["repetition_time"],
             strategy=settings["strategy"], fd_thresh=settings["fd_thresh"],
-            dummy_scans=run["dummy_scans"], lower_bpf=settings["lower_bpf"],
+            dummy_scans=settings["dummy_scans"], lower_bpf=settings["lower_bpf"],
             upper_bpf=settings["upper_bpf"], min_time=settings["min_time"],
         ),
         name="denoise",

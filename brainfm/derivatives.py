@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -299,6 +300,7 @@ def output_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@functools.lru_cache(maxsize=1)
 def bids_version() -> str:
     """The BIDS version of the schema installed with pybids (the entities brainfm names by)."""
     try:

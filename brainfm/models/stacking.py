@@ -114,9 +114,8 @@ def early_stopping_sites(sites: np.ndarray, fraction: float, seed: int) -> np.nd
     """Positions of the whole sites (about ``fraction`` of the subjects) a member stops on.
 
     A member's early stopping must not see the sites whose predictions fit the stacking
-    weight, or those predictions are optimistic (they were, with stopping on the held-out
-    sites: 3.78 y inside the folds against 4.29 y on new sites). With a single site, a random
-    ``fraction`` of its subjects.
+    weight, or those predictions are optimistic and the weight too high (docs/training.md
+    §4b). With a single site, a random ``fraction`` of its subjects.
 
     Parameters
     ----------

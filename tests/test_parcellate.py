@@ -168,3 +168,84 @@ def test_not_4d_and_grid_mismatch(tmp_path, toy_atlas):
         extract_roi_signals(bold, [toy_atlas], wrong)
     with pytest.raises(InputError, match="does not exist"):
         extract_roi_signals(tmp_path / "missing_bold.nii.gz", [toy_atlas], None)
+
+
+def _reference_means(bold: Path, labels: np.ndarray, mask: np.ndarray | None, n_rois: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Plain nibabel + numpy: whole-array load, loop over parcels (the pre-streaming method)."""
+    data = nib.load(bold).get_fdata(dtype=np.float64)
+    flat = data.reshape(-1, data.shape[3])
+    finite = np.isfinite(flat).all(axis=1)
+    keep = finite & (np.nanmax(flat, axis=1) > np.nanmin(flat, axis=1))
+    if mask is not None:
+        keep &= mask.reshape(-1)
+    lab = labels.reshape(-1)
+    means = np.full((data.shape[3], n_rois), np.nan)
+    coverage = np.zeros(n_rois)
+    for k in range(1, n_rois + 1):
+        members = lab == k
+        if members.any():
+            coverage[k - 1] = (members & keep).sum() / members.sum()
+        if (members & keep).any():
+            means[:, k - 1] = flat[members & keep].mean(axis=0)
+    return means, coverage
+
+
+@pytest.mark.parametrize("name,dtype,scaled,mask_kind", [
+    ("bold.nii.gz", np.float32, False, "mask"),
+    ("bold.nii", np.float32, False, "mask"),
+    ("bold.nii.gz", np.int16, True, "mask"),
+    ("bold.nii", np.int16, True, "none"),
+    ("bold.nii.gz", np.float64, False, "none"),
+])
+def test_streamed_extraction_matches_a_whole_array_reference(tmp_path, monkeypatch, name,
+                                                             dtype, scaled, mask_kind):
+    """Blocks of 3 volumes (so every code path streams), several atlases, constant and
+    non-finite voxels, scaled integer storage and memory-mapped .nii: the streamed means equal
+    a whole-array nibabel + numpy reference within 1e-5 (relative)."""
+    from brainfm.processing import nifti_stream
+
+    rng = np.random.default_rng(7)
+    shape = (6, 5, 4)
+    n_vols = 23
+    labels = rng.integers(0, 5, size=shape).astype(np.int16)  # 4 parcels + background
+    data = 800 + 50 * rng.standard_normal(shape + (n_vols,))
+    data[0, 0, :] = 0.0  # zero-filled (outside the field of view): constant
+    data[1, 1, 1] = 123.0  # constant, non-zero
+    mask = np.ones(shape, dtype=bool)
+    mask[5] = False
+    if dtype is not np.int16:
+        data[2, 3, 1, 17] = np.nan  # only with no mask is this allowed (and left out)
+        mask[2, 3, 1] = False
+    voxel_bytes = np.prod(shape) * np.dtype(dtype).itemsize
+    monkeypatch.setattr(nifti_stream, "BLOCK_BYTES", 3 * voxel_bytes)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    img = nib.Nifti1Image(data.astype(dtype) if not scaled else
+                          np.rint((data - 500) / 0.25).astype(dtype), affine)
+    if scaled:
+        img.header.set_slope_inter(0.25, 500.0)
+    bold = tmp_path / name
+    nib.save(img, bold)
+    mask_file = None
+    if mask_kind == "mask":
+        mask_file = tmp_path / "mask.nii.gz"
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), mask_file)
+    image = tmp_path / "four_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), image)
+    table = tmp_path / "four_dseg.tsv"
+    pd.DataFrame({"index": [1, 2, 3, 4], "name": list("abcd")}).to_csv(table, sep="\t",
+                                                                      index=False)
+    halves = np.where(labels > 0, 1 + (np.arange(shape[0])[:, None, None] >= 3), 0)
+    image2 = tmp_path / "halves_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(halves.astype(np.int16), affine), image2)
+    table2 = tmp_path / "halves_dseg.tsv"
+    pd.DataFrame({"index": [1, 2], "name": ["front", "back"]}).to_csv(table2, sep="\t",
+                                                                     index=False)
+    atlases = [custom_atlas(image, table, "Four"), custom_atlas(image2, table2, "Halves")]
+
+    out = extract_roi_signals(bold, atlases, mask_file, min_coverage=0.0)
+    reference_mask = mask if mask_file is not None else None
+    for atlas, lab, n in (("Four", labels, 4), ("Halves", halves, 2)):
+        means, coverage = _reference_means(bold, lab, reference_mask, n)
+        np.testing.assert_allclose(out[atlas].timeseries, means, rtol=1e-5)
+        np.testing.assert_allclose(out[atlas].coverage, coverage)

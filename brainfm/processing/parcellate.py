@@ -1,10 +1,11 @@
-"""ROI mean signals of a BOLD run for several atlases at once, from a single read of the data.
+"""ROI mean signals of a BOLD run for several atlases at once, streaming the run once.
 
-The BOLD series is read once (nibabel, float32) and viewed as a (T, V) array. Each atlas is
-resampled to the BOLD grid with nearest neighbour; a voxel counts for a parcel when it lies in
-the brain mask and its signal is finite and not constant over time (constant voxels are, in
-practice, outside the acquired field of view: zero-filled after resampling to a template). For
-every parcel:
+The BOLD series is never held whole: :mod:`brainfm.processing.nifti_stream` inflates it a block
+of volumes at a time, and each block is reduced at once to parcel sums for every atlas (one
+sparse voxels-to-ROIs matrix per atlas, float64). Each atlas is resampled to the BOLD grid with
+nearest neighbour; a voxel counts for a parcel when it lies in the brain mask and its signal is
+finite and not constant over time (constant voxels are, in practice, outside the acquired field
+of view: zero-filled after resampling to a template). For every parcel:
 
 - coverage = (its voxels on the BOLD grid that count) / (all its voxels on the BOLD grid);
 - parcels with coverage below ``min_coverage`` (or no counting voxel) get a NaN column and are
@@ -12,15 +13,14 @@ every parcel:
 - the signal is the mean over the counting voxels (XCP-D averages over the parcel's voxels in
   the BOLD brain mask, which excludes the same out-of-view voxels).
 
-All means of all atlases are computed together: one sparse (voxels x ROIs) averaging matrix per
-atlas is applied to blocks of volumes in float64, so a 2 mm, 240-volume run takes well under a
-second beyond the time nibabel needs to read it.
+Which voxels are constant is known only at the end of the run, so the sums run over every
+parcel voxel in the mask, and a constant voxel's value, the same in every volume, is taken
+off afterwards. Memory is the atlases, a few per-voxel vectors and one block of volumes.
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +31,15 @@ from scipy import sparse
 
 from brainfm.atlases import Atlas
 from brainfm.errors import InputError, UsageError
+from brainfm.processing.nifti_stream import (
+    READ_ERRORS,
+    NiftiSeries,
+    iter_volume_blocks,
+    open_series,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
-                nib.spatialimages.HeaderDataError)
-
-#: Target size (float64 values) of one block of volumes in the averaging step.
-_BLOCK_VALUES = 8_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,40 +71,13 @@ def _same_grid(shape_a: tuple, affine_a: np.ndarray, shape_b: tuple,
                                                                      atol=1e-3)
 
 
-def _load_bold(bold_file: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read the BOLD run as float32 (X, Y, Z, T); return it with its affine."""
-    if not bold_file.is_file():
-        raise InputError(f"BOLD file {bold_file} does not exist")
-    try:
-        img = nib.load(bold_file)
-    except _READ_ERRORS as err:
-        raise InputError(
-            f"cannot read BOLD file {bold_file} ({type(err).__name__}: {err}); it must be a "
-            "NIfTI image (.nii or .nii.gz): re-run or re-copy the preprocessing output"
-        ) from err
-    if len(img.shape) != 4 or img.shape[3] < 2:
-        raise InputError(
-            f"BOLD file {bold_file} has shape {img.shape}; a 4-D time series with at least 2 "
-            "volumes is required (was a single volume or a mask given as BOLD?)"
-        )
-    try:
-        data = img.get_fdata(dtype=np.float32, caching="unchanged")
-    except _READ_ERRORS as err:
-        raise InputError(
-            f"cannot read the voxel data of BOLD file {bold_file} ({type(err).__name__}: "
-            f"{err}); the file is truncated or corrupt: re-run or re-copy the preprocessing "
-            "output"
-        ) from err
-    return data, img.affine
-
-
 def _load_mask(mask_file: Path, shape: tuple, affine: np.ndarray, bold_file: Path) -> np.ndarray:
     if not mask_file.is_file():
         raise InputError(f"brain mask {mask_file} does not exist")
     try:
         img = nib.load(mask_file)
         data = np.asanyarray(img.dataobj)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise InputError(
             f"cannot read brain mask {mask_file} ({type(err).__name__}: {err}); re-run or "
             "re-copy the preprocessing output"
@@ -124,7 +98,7 @@ def _atlas_on_grid(atlas: Atlas, shape: tuple, affine: np.ndarray) -> np.ndarray
     try:
         img = nib.load(atlas.image)
         labels = np.asanyarray(img.dataobj)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise InputError(
             f"cannot read atlas image {atlas.image} of atlas {atlas.name} "
             f"({type(err).__name__}: {err}); reinstall brainfm or fix the atlas file"
@@ -184,21 +158,28 @@ def extract_roi_signals(bold_file: str | Path, atlases: list[Atlas],
     if len(set(labels_seen)) != len(labels_seen):
         raise UsageError(f"atlas labels must be distinct, got {labels_seen}")
     bold_file = Path(bold_file)
-    data, affine = _load_bold(bold_file)
-    shape = data.shape
-    n_vols = shape[3]
-    flat = data.reshape(-1, n_vols, order="F").T  # (T, V), C-contiguous for nibabel's F order
-    if not flat.flags.c_contiguous:
-        flat = np.ascontiguousarray(flat)
-    n_vox = flat.shape[1]
-
-    lowest = flat.min(axis=0)
-    highest = flat.max(axis=0)
-    finite = np.isfinite(lowest) & np.isfinite(highest)
+    series = open_series(bold_file)
+    shape, affine = series.shape, series.affine
     if mask_file is None:
-        mask = np.ones(n_vox, dtype=bool)
+        mask = np.ones(series.n_voxels, dtype=bool)
     else:
         mask = _load_mask(Path(mask_file), shape, affine, bold_file)
+    columns, widths = [], []
+    for atlas in atlases:
+        grid_labels = _atlas_on_grid(atlas, shape, affine)
+        index = atlas.labels["index"].to_numpy(dtype=np.int64)
+        size = int(max(grid_labels.max(initial=0), index.max(initial=0))) + 1
+        lut = np.full(size, -1, dtype=np.int64)
+        lut[index] = np.arange(len(index))
+        column = lut[np.clip(grid_labels, 0, None)]
+        column[grid_labels <= 0] = -1
+        columns.append(column)
+        widths.append(len(index))
+    candidates = mask & np.any(np.stack(columns) >= 0, axis=0)
+
+    sums, lowest, highest = _parcel_sums(series, columns, widths, np.flatnonzero(candidates))
+    finite = np.isfinite(lowest) & np.isfinite(highest)
+    if mask_file is not None:
         bad = mask & ~finite
         if bad.any():
             first = np.unravel_index(int(np.flatnonzero(bad)[0]), shape[:3], order="F")
@@ -207,58 +188,72 @@ def extract_roi_signals(bold_file: str | Path, atlases: list[Atlas],
                 f"inside the brain mask {mask_file} (first at voxel {tuple(map(int, first))}); "
                 "re-run the preprocessing, or check that the mask belongs to this run"
             )
+    elif (candidates & ~finite).any():
+        # without a mask, voxels with a non-finite value anywhere are left out; their finite
+        # values are already in the sums, so read the run again without them (rare: a
+        # preprocessed run comes with its mask)
+        candidates &= finite
+        sums, lowest, highest = _parcel_sums(series, columns, widths, np.flatnonzero(candidates))
     valid = mask & finite & (highest > lowest)
+    constant = candidates & ~valid  # finite and constant: their value is in every row of sums
 
-    plans = []
-    used_any = np.zeros(n_vox, dtype=bool)
-    for atlas in atlases:
-        grid_labels = _atlas_on_grid(atlas, shape, affine)
-        index = atlas.labels["index"].to_numpy(dtype=np.int64)
+    results: dict[str, ParcelSignals] = {}
+    for atlas, column, total_sums in zip(atlases, columns, sums, strict=True):
         names = atlas.labels["name"].astype(str).tolist()
-        n_rois = len(index)
-        size = int(max(grid_labels.max(initial=0), index.max(initial=0))) + 1
-        lut = np.full(size, -1, dtype=np.int64)
-        lut[index] = np.arange(n_rois)
-        column = lut[np.clip(grid_labels, 0, None)]
-        column[grid_labels <= 0] = -1
+        n_rois = len(names)
         in_parcel = column >= 0
         total = np.bincount(column[in_parcel], minlength=n_rois)
         counted = np.bincount(column[in_parcel & valid], minlength=n_rois)
         coverage = np.divide(counted, total, out=np.zeros(n_rois), where=total > 0)
         low = (coverage < min_coverage) | (counted == 0)
-        used = in_parcel & valid
-        used[used] = ~low[column[used]]
-        used_any |= used
-        plans.append((atlas, names, column, used, counted, coverage, low))
-
-    union = np.flatnonzero(used_any)
-    position = np.full(n_vox, -1, dtype=np.int64)
-    position[union] = np.arange(union.size)
-    operators = []
-    for _atlas, names, column, used, counted, _coverage, _low in plans:
-        vox = np.flatnonzero(used)
-        cols = column[vox]
-        weights = 1.0 / counted[cols]
-        operators.append(sparse.csr_matrix(
-            (weights, (cols, position[vox])), shape=(len(names), union.size)))
-
-    outputs = [np.full((n_vols, len(plan[1])), np.nan) for plan in plans]
-    if union.size:
-        step = max(1, _BLOCK_VALUES // union.size)
-        for start in range(0, n_vols, step):
-            stop = min(n_vols, start + step)
-            block = flat[start:stop, union].astype(np.float64).T  # (U, block)
-            for out, operator in zip(outputs, operators, strict=True):
-                out[start:stop] = (operator @ block).T
-
-    results: dict[str, ParcelSignals] = {}
-    for out, (atlas, names, _column, _used, _counted, coverage, low) in zip(
-            outputs, plans, strict=True):
-        out[:, low] = np.nan
+        held = constant & in_parcel
+        total_sums -= np.bincount(column[held], weights=lowest[held].astype(np.float64),
+                                  minlength=n_rois)
+        timeseries = np.divide(total_sums, counted, out=np.full_like(total_sums, np.nan),
+                               where=counted > 0)
+        timeseries[:, low] = np.nan
         low_names = [name for name, flag in zip(names, low, strict=True) if flag]
         if low_names:
             LOGGER.info("%s, atlas %s: %d of %d ROIs below %.0f%% coverage", bold_file.name,
                         atlas.label, len(low_names), len(names), 100 * min_coverage)
         results[atlas.label] = ParcelSignals(
-            timeseries=out, roi_names=names, coverage=coverage, low_coverage=low_names)
+            timeseries=timeseries, roi_names=names, coverage=coverage, low_coverage=low_names)
     return results
+
+
+def _parcel_sums(series: NiftiSeries, columns: list[np.ndarray], widths: list[int],
+                 voxels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """One pass over the run: per-atlas parcel sums over ``voxels``, per-voxel min and max.
+
+    ``columns[a]`` maps each voxel to its parcel's column in atlas ``a`` (-1: none) and
+    ``widths[a]`` is the atlas' number of ROIs. Non-finite values of ``voxels`` are summed as 0
+    (the caller leaves such voxels out).
+
+    Returns
+    -------
+    sums : list of ndarray of shape (T, N_atlas), float64
+        Sum of the values of the atlas' parcel voxels among ``voxels``, per volume.
+    lowest, highest : ndarray of shape (V,)
+        Minimum and maximum of every voxel over time (NaN when it is NaN at some time).
+    """
+    operators = []
+    for column, width in zip(columns, widths, strict=True):
+        inside = column[voxels] >= 0
+        operators.append(sparse.csr_matrix(
+            (np.ones(int(inside.sum())), (column[voxels][inside], np.flatnonzero(inside))),
+            shape=(width, voxels.size)))
+    sums = [np.zeros((series.n_volumes, w)) for w in widths]
+    lowest = np.full(series.n_voxels, np.inf)
+    highest = np.full(series.n_voxels, -np.inf)
+    for start, block in iter_volume_blocks(series):
+        stop = start + block.shape[0]
+        block_low, block_high = block.min(axis=0), block.max(axis=0)
+        np.minimum(lowest, block_low, out=lowest)
+        np.maximum(highest, block_high, out=highest)
+        values = block[:, voxels].astype(np.float64).T  # (U, t)
+        odd = ~(np.isfinite(block_low[voxels]) & np.isfinite(block_high[voxels]))
+        if odd.any():
+            values[odd] = np.nan_to_num(values[odd], nan=0.0, posinf=0.0, neginf=0.0)
+        for total, operator in zip(sums, operators, strict=True):
+            total[start:stop] = (operator @ values).T
+    return sums, lowest, highest

@@ -13,6 +13,7 @@ from collections.abc import Sequence  # noqa: E402
 
 from brainfm import __version__  # noqa: E402
 from brainfm.errors import UsageArgumentParser, run_command  # noqa: E402
+from brainfm.logs import add_verbose_option, setup_logging  # noqa: E402
 
 PROG = "brainfm"
 LOGGER = logging.getLogger("brainfm")
@@ -65,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="processing stage")
     parser.add_argument("--version", action="version", version=f"brainfm {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-v info from nipype, -vv debug)")
+    add_verbose_option(parser)
 
     sel = parser.add_argument_group("selecting data")
     sel.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
@@ -179,12 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.DEBUG if verbosity > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)-7s | %(name)s | "
-                                            "%(message)s", datefmt="%H:%M:%S")
-
-
 def _limit_threads(n_threads: int) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n_threads)
@@ -201,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     args = parser.parse_args(argv)
     args.command = argv
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return run_command(PROG, lambda: _run(args))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from brainfm import __version__
 from brainfm.errors import UsageArgumentParser, run_command
 from brainfm.importers.pcp import import_pcp, parse_tr_overrides
+from brainfm.logs import add_verbose_option, setup_logging
 
 PROG = "brainfm-import"
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Convert public datasets into brainfm ROI time-series derivatives."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
     pcp = sub.add_parser(
         "pcp",
@@ -64,10 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     return run_command(PROG, lambda: _run(args))
 
 

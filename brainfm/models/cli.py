@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from brainfm import __version__
 from brainfm.errors import UsageArgumentParser, UsageError, run_command
+from brainfm.logs import add_verbose_option, setup_logging
 from brainfm.models.model import BrainFMConfig
 
 PROG = "brainfm-train"
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = UsageArgumentParser(prog=PROG, description="Train and apply brainfm models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
     pre = sub.add_parser("pretrain", help="LMAE masked-reconstruction pretraining (no labels)")
     _add_common(pre)
@@ -294,10 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     try:
         return run_command(PROG, lambda: _run(args))
     finally:

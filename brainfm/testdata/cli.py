@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from brainfm import __version__
 from brainfm.errors import BrainfmError, UsageArgumentParser
+from brainfm.logs import add_verbose_option, setup_logging
 
 ENV_ABIDE_DIR = "BRAINFM_ABIDE_DIR"
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace OUT_DIR/bids and OUT_DIR/truth"
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log each run as it is painted")
+    add_verbose_option(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -95,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit code: 0 ok, 64 bad usage or existing output, 66 missing/malformed ABIDE input.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     abide_dir = args.abide_dir
     if abide_dir is None and os.environ.get(ENV_ABIDE_DIR):
         abide_dir = Path(os.environ[ENV_ABIDE_DIR])

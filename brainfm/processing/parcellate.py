@@ -26,7 +26,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nilearn.image import resample_to_img
 from scipy import sparse
 
 from brainfm.atlases import Atlas
@@ -110,6 +109,8 @@ def _atlas_on_grid(atlas: Atlas, shape: tuple, affine: np.ndarray) -> np.ndarray
             f"atlas image {atlas.image} is not a 3-D label image (shape {labels.shape})"
         )
     if not _same_grid(labels.shape, img.affine, shape, affine):
+        from nilearn.image import resample_to_img  # ~1 s of imports, only when resampling
+
         source = nib.Nifti1Image(np.asarray(labels, dtype=np.int32), img.affine)
         target = nib.Nifti1Image(np.zeros(shape[:3], dtype=np.uint8), affine)
         resampled = resample_to_img(source, target, interpolation="nearest",

@@ -40,7 +40,7 @@ READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, _IsalError,
                nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError)
 
 #: Raw bytes read per block (whole volumes; at least one volume).
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,31 @@ import pandas as pd
 from brainfm import __version__
 from brainfm.errors import InputError, UsageError
 
-#: Order of BIDS entities in derivative file names (BIDS specification, appendix "Entities").
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "res",
-                "den", "atlas", "seg", "stat", "desc")
+#: BIDS 1.11.2's entity order, used when the installed schema cannot be read
+#: (:func:`entity_order` reads it from bidsschematools).
+_FALLBACK_ENTITY_ORDER = (
+    "sub", "tpl", "ses", "cohort", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc",
+    "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi",
+    "space", "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label",
+    "desc")
+
+
+@functools.lru_cache(maxsize=1)
+def entity_order() -> tuple[str, ...]:
+    """Entity keys in the order file names carry them: the installed BIDS schema's order.
+
+    ``stat`` (XCP-D's statistic entity, not in the schema yet) goes just before ``desc``.
+    """
+    try:
+        from bidsschematools.schema import load_schema
+
+        schema = load_schema()
+        order = [str(schema["objects"]["entities"][e]["name"])
+                 for e in schema["rules"]["entities"]]
+    except Exception:  # noqa: BLE001 - an older or broken schema package: the last known
+        order = list(_FALLBACK_ENTITY_ORDER)
+    order.insert(order.index("desc") if "desc" in order else len(order), "stat")
+    return tuple(order)
 
 #: Suffixes brainfm writes that the BIDS validator does not know yet (listed in .bidsignore).
 BIDSIGNORE_PATTERNS = (
@@ -57,7 +79,7 @@ BIDSIGNORE_PATTERNS = (
 
 
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
-    """Compose a BIDS file name from entities in the canonical order.
+    """Compose a BIDS file name from entities in the schema's order (:func:`entity_order`).
 
     Parameters
     ----------
@@ -74,10 +96,11 @@ def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     str
         The file name, e.g. ``sub-01_task-rest_atlas-CC200_stat-mean_timeseries.tsv``.
     """
-    unknown = set(entities) - set(ENTITY_ORDER)
+    order = entity_order()
+    unknown = set(entities) - set(order)
     if unknown:
         raise KeyError(f"unknown BIDS entities {sorted(unknown)}")
-    parts = [f"{key}-{entities[key]}" for key in ENTITY_ORDER
+    parts = [f"{key}-{entities[key]}" for key in order
              if entities.get(key) not in (None, "")]
     return "_".join([*parts, suffix]) + extension
 

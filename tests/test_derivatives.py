@@ -24,6 +24,22 @@ def test_build_name_orders_entities_and_skips_empty():
                     "timeseries.tsv")
 
 
+def test_entity_order_is_the_installed_schema_s():
+    """res/den come after atlas (schema order), stat just before desc; the order is the
+    schema's own list, not a copy that can drift."""
+    from bidsschematools.schema import load_schema
+
+    from brainfm.derivatives import entity_order
+
+    schema = load_schema()
+    expected = [schema["objects"]["entities"][e]["name"] for e in schema["rules"]["entities"]]
+    assert [k for k in entity_order() if k != "stat"] == expected
+    name = build_name({"desc": "x", "den": "91k", "res": "2", "atlas": "CC200", "stat": "mean",
+                       "space": "MNI152NLin2009cAsym", "sub": "01"}, "timeseries", ".tsv")
+    assert name == ("sub-01_space-MNI152NLin2009cAsym_atlas-CC200_res-2_den-91k_stat-mean_"
+                    "desc-x_timeseries.tsv")
+
+
 def test_build_name_rejects_unknown_entity():
     with pytest.raises(KeyError):
         build_name({"sub": "01", "colour": "red"}, "bold", ".tsv")

@@ -34,6 +34,12 @@ _FALLBACK_ENTITY_ORDER = (
     "desc")
 
 
+#: pybids configuration for the ``stat`` entity of brainfm's (and XCP-D's) outputs; pybids'
+#: own ``derivatives`` configuration covers ``atlas``, ``space``, ``desc``, ``res``, ``den``.
+#: ``BIDSLayout(out, config=["bids", "derivatives", PYBIDS_CONFIG], validate=False)``.
+PYBIDS_CONFIG = Path(__file__).parent / "data" / "pybids_config.json"
+
+
 @functools.lru_cache(maxsize=1)
 def entity_order() -> tuple[str, ...]:
     """Entity keys in the order file names carry them: the installed BIDS schema's order.

@@ -154,6 +154,23 @@ def test_sidecars_and_dataset_description(outputs):
     np.testing.assert_allclose(np.diag(relmat.to_numpy()), 1.0, atol=1e-8)
 
 
+def test_pybids_queries_atlas_stat_and_suffix_with_the_shipped_config(outputs):
+    from bids import BIDSLayout
+
+    from brainfm.derivatives import PYBIDS_CONFIG
+
+    out = outputs["default"]
+    layout = BIDSLayout(out, config=["bids", "derivatives", str(PYBIDS_CONFIG)], validate=False)
+    found = layout.get(subject="01", atlas="Schaefer200", stat="pearsoncorrelation",
+                       suffix="relmat", extension=".tsv", return_type="filename")
+    assert [Path(f).name for f in found] == [
+        "sub-01_task-rest_space-MNI152NLin6Asym_atlas-Schaefer200_stat-pearsoncorrelation_"
+        "relmat.tsv"]
+    means = layout.get(stat="mean", suffix="timeseries", extension=".tsv")
+    assert sorted(f.entities["atlas"] for f in means) == ["CC200", "CC200", "Schaefer200",
+                                                          "Schaefer200"]
+
+
 def test_bids_validator_accepts_the_output(outputs):
     exe = shutil.which("bids-validator-deno")
     if exe is None:

@@ -203,3 +203,35 @@ def test_carpet_of_a_run_with_an_empty_roi_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert plot_roi_carpet(data, 2.0)
+
+
+PAYLOAD = '<img src=x onerror="alert(1)">&<b>'
+
+
+def _assert_only_escaped(html: str) -> None:
+    assert PAYLOAD not in html and "<img src=x" not in html and "<b>" not in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html \
+        or "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+
+
+def test_outside_text_cannot_inject_markup(tmp_path):
+    """Model-card fields, target notes and a page title from outside reach the pages escaped."""
+    import json
+
+    fx = write_group_fixture(tmp_path, n_participants=6, sessions_for=(1,), with_timeseries=True)
+    for sidecar in fx["out"].rglob("*_desc-brainfm_predictions.json"):
+        meta = json.loads(sidecar.read_text())
+        meta["ModelCard"]["TrainingCohort"] = PAYLOAD
+        meta["ModelCard"]["Notes"] = PAYLOAD
+        meta["TargetNotes"] = {"age": PAYLOAD}
+        sidecar.write_text(json.dumps(meta))
+    run_group_level(make_config(fx["bids"], fx["out"]))
+    group_html = (fx["out"] / REPORT_FILE).read_text()
+    _assert_only_escaped(group_html)
+    assert_self_contained(group_html)
+    subject = sorted(p.name[4:] for p in fx["out"].glob("sub-*") if p.is_dir())[0]
+    participant_html = participant_report(fx["out"], subject).read_text()
+    _assert_only_escaped(participant_html)
+    page = render_page(PAYLOAD, PAYLOAD, [Section(PAYLOAD, PAYLOAD, "<p>trusted</p>")])
+    _assert_only_escaped(page)
+    assert "<p>trusted</p>" in page

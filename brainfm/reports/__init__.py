@@ -1,6 +1,8 @@
 """Self-contained HTML reports (group and participant) and their figures.
 
-Pages are filled from ``templates/report.html`` with :class:`string.Template`; every figure is
+Pages are rendered from ``templates/report.html`` with jinja2, autoescape on: titles, navigation
+and anything else the template fills are escaped by jinja2; a section's body is HTML built here
+(:func:`html_table`, :func:`esc` around every outside text) and marked safe. Every figure is
 an inline base64 PNG, the CSS is inline, and no script or external resource is referenced, so a
 report can be mailed, archived or opened offline. The helpers here build the page and its
 tables; :mod:`brainfm.reports.figures` draws, :mod:`brainfm.reports.group_report` and
@@ -13,18 +15,20 @@ import datetime as _dt
 import html
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
-from string import Template
 from typing import Any
 
+import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from brainfm import __version__
 
 __all__ = ["Section", "esc", "format_value", "html_table", "render_page", "load_template"]
 
-#: Template of every report page (``$title``, ``$subtitle``, ``$nav``, ``$body``, ``$version``,
-#: ``$date``).
+#: jinja2 template of every report page (``title``, ``subtitle``, ``sections``, ``version``,
+#: ``date``).
 TEMPLATE_NAME = "report.html"
 
 
@@ -88,24 +92,20 @@ def html_table(table: pd.DataFrame, digits: int = 2, text_columns: Iterable[str]
     return f'<div class="table-wrap">{out}</div>' if scroll else out
 
 
+@dataclass(frozen=True)
 class Section:
     """One section of a report page: an anchor, a title (also the navigation entry), HTML."""
 
-    def __init__(self, anchor: str, title: str, body: str) -> None:
-        self.anchor = anchor
-        self.title = title
-        self.body = body
-
-    def html(self) -> str:
-        """The section element."""
-        return (f'<section id="{esc(self.anchor)}"><h2>{esc(self.title)}</h2>\n'
-                f"{self.body}\n</section>")
+    anchor: str
+    title: str
+    body: str
 
 
-def load_template(name: str = TEMPLATE_NAME) -> Template:
-    """The page template shipped in ``brainfm/reports/templates``."""
+def load_template(name: str = TEMPLATE_NAME) -> jinja2.Template:
+    """The page template shipped in ``brainfm/reports/templates``, autoescaping."""
     text = resources.files("brainfm.reports").joinpath("templates", name).read_text("utf-8")
-    return Template(text)
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True).from_string(text)
 
 
 def render_page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
@@ -114,20 +114,19 @@ def render_page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
     Parameters
     ----------
     title : str
-        Page title (plain text; escaped).
+        Page title (plain text; jinja2 escapes it).
     subtitle : str
         A line under the title (plain text; escaped).
     sections : sequence of Section
-        The sections, in order (their bodies are HTML, inserted as is).
+        The sections, in order: anchors and titles are plain text (escaped), bodies are HTML
+        (inserted as is: escape outside text with :func:`esc` when building them).
 
     Returns
     -------
     str
         The complete HTML document.
     """
-    nav = "".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections)
-    return load_template().substitute(
-        title=esc(title), subtitle=esc(subtitle), nav=nav,
-        body="\n".join(s.html() for s in sections), version=esc(__version__),
-        date=esc(_dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
-    )
+    sections = [Section(s.anchor, s.title, Markup(s.body)) for s in sections]
+    return load_template().render(
+        title=title, subtitle=subtitle, sections=sections, version=__version__,
+        date=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))

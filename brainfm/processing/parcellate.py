@@ -40,7 +40,6 @@ from brainfm.processing.nifti_stream import (
 LOGGER = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, eq=False)
 class ParcelSignals:
     """ROI mean signals of one atlas for one run.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from brainfm import __version__
 from brainfm.errors import UsageArgumentParser, run_command
+from brainfm.importers.camcan import import_camcan
 from brainfm.importers.pcp import import_pcp, parse_tr_overrides
 from brainfm.logs import add_verbose_option, setup_logging
 
@@ -46,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="phenotype CSV (default: Phenotypic_V1_0b_preprocessed1.csv next to "
                      "SRC)")
     pcp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    camcan = sub.add_parser(
+        "camcan",
+        help="Cam-CAN targets (age, sex, Cattell fluid intelligence) into participants.tsv",
+        description="Write participants.tsv (participant_id, age, sex, fluid_intelligence = "
+        "Cattell Culture Fair total, site) from the Cam-CAN release's cc700-scored folder into "
+        "a brainfm derivatives folder, for brainfm-train.",
+    )
+    camcan.add_argument("scored", type=Path, help="the release's cc700-scored folder")
+    camcan.add_argument("out", type=Path, help="brainfm derivatives folder (brainfm "
+                        "participant's output), where participants.tsv is written")
+    camcan.add_argument("--participants", type=Path, default=None,
+                        help="participant data: participant_data.csv, or the BIDS release's "
+                        "participants.tsv (default: SCORED/participant_data.csv)")
+    camcan.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT/participants.tsv")
     return parser
 
 
@@ -70,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.command == "camcan":
+        done = import_camcan(args.scored, args.out, participants=args.participants,
+                             overwrite=args.overwrite)
+        logging.getLogger(PROG).info(
+            "wrote %s: %d participants, %d with a Cattell total", done.path,
+            done.n_participants, done.n_with_cattell)
+        return
     summary = import_pcp(
         args.src, args.out, atlas=args.atlas,
         tr_override=parse_tr_overrides(args.tr_override),

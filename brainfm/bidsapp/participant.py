@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import re
@@ -364,6 +365,9 @@ def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
     started = time.time()
     if config.plugin:
         plugin, plugin_args = config.plugin, dict(config.plugin_args)
+        # nipype's SLURM plugin names its jobs after $LOGNAME and fails with a KeyError where
+        # it is unset (containers, CI, some batch shells)
+        os.environ.setdefault("LOGNAME", getpass.getuser())
     elif config.nprocs > 1:
         plugin = "MultiProc"
         # forkserver: workers do not inherit the parent's thread pools (torch, BLAS), which

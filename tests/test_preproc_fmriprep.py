@@ -265,3 +265,21 @@ def test_run_fmriprep_checks_inputs_before_running(tmp_path: Path,
         run_fmriprep(bids, tmp_path / "out", ["01"], work_dir=tmp_path / "work",
                      fs_license_file=lic)
     assert not (tmp_path / "out").exists()
+
+
+def test_bids_filter_file_reaches_fmriprep_and_its_container(tmp_path: Path) -> None:
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"bold": {"run": 2}}')
+    for backend, image in (("fmriprep", None), ("apptainer", "/images/fmriprep.sif")):
+        argv = build_fmriprep_command(
+            backend, BIDS, OUT, None, image=image, nprocs=1, omp_nthreads=1,
+            fs_license_file=LICENSE, fs_no_reconall=False, work_dir=WORK,
+            bids_filter_file=filters)
+        at = argv.index("--bids-filter-file")
+        assert argv[at + 1] == str(filters)
+        if backend == "apptainer":
+            assert f"{filters}:{filters}:ro" in argv
+    argv = build_fmriprep_command("fmriprep", BIDS, OUT, None, image=None, nprocs=1,
+                                  omp_nthreads=1, fs_license_file=LICENSE,
+                                  fs_no_reconall=False, work_dir=WORK)
+    assert "--bids-filter-file" not in argv

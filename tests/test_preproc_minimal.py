@@ -362,3 +362,41 @@ def test_bundled_template_files() -> None:
     assert template_tissue_mask("WM", grid3).shape == grid3.shape
     with pytest.raises(UsageError):
         output_grid(4)
+
+
+def test_bids_filter_selects_raw_runs(tmp_path: Path) -> None:
+    """``--bids-filter-file``'s ``bold`` query selects the raw runs of the minimal
+    preprocessing: one of two runs, and a filter matching nothing names itself."""
+    root = tmp_path / "bids"
+    _raw_dataset(root, np.ones((8, 8, 8, 5), np.int16), {"RepetitionTime": 2.0})
+    func = root / "sub-01" / "func"
+    for run in ("1", "2"):
+        base = f"sub-01_task-rest_run-{run}_bold"
+        (func / f"{base}.nii.gz").write_bytes((func / "sub-01_task-rest_bold.nii.gz").read_bytes())
+        (func / f"{base}.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    for name in ("sub-01_task-rest_bold.nii.gz", "sub-01_task-rest_bold.json"):
+        (func / name).unlink()
+    everything = collect_raw_runs(root, None, None, "rest")
+    assert [r.prefix for r in everything["01"]] == ["sub-01_task-rest_run-1",
+                                                    "sub-01_task-rest_run-2"]
+    chosen = collect_raw_runs(root, None, None, "rest", {"run": 2})
+    assert [r.prefix for r in chosen["01"]] == ["sub-01_task-rest_run-2"]
+    with pytest.raises(NothingSelectedError, match="--bids-filter-file"):
+        collect_raw_runs(root, None, None, "rest", {"run": 7})
+
+
+@pytest.mark.parametrize("backend", ["minimal", "fmriprep"])
+def test_participant_level_hands_the_bold_filter_to_the_preprocessing(tmp_path, monkeypatch,
+                                                                      backend):
+    from brainfm.bidsapp.config import Config
+    from brainfm.bidsapp.participant import preprocess_raw
+    from brainfm.workflows import preproc as wf_preproc
+
+    seen = {}
+    monkeypatch.setattr(wf_preproc, f"run_{backend}" if backend == "fmriprep"
+                        else "run_minimal_preproc",
+                        lambda *a, **k: seen.update(k) or tmp_path)
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant",
+                    preproc=backend, bids_filters={"bold": {"run": 2}, "mask": {"res": "2"}})
+    preprocess_raw(config)
+    assert seen["bold_filter"] == {"run": 2}

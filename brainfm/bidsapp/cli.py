@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--bids-filter-file", metavar="JSON",
                      help="PyBIDS queries by input type that narrow the selection, as in "
                           'fMRIPrep and XCP-D: e.g. {"bold": {"run": 2}} (keys: bold, mask, '
-                          "confounds)")
+                          "confounds; bold also selects the raw runs brainfm preprocesses)")
     sel.add_argument("--fmriprep-dir", metavar="PATH",
                      help="fMRIPrep derivatives (default: bids_dir/derivatives/fmriprep, or "
                           "bids_dir itself when it is an fMRIPrep derivatives dataset)")

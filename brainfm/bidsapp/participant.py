@@ -118,6 +118,7 @@ def preprocess_raw(config: Config) -> Path:
     from brainfm.preproc import fmriprep_available
     from brainfm.workflows.preproc import minimal_output_dir, run_fmriprep, run_minimal_preproc
 
+    bold_filter = (config.bids_filters or {}).get("bold") or None
     backend = config.preproc
     if backend is None:
         backend = "fmriprep" if fmriprep_available(config.fmriprep_image) else "minimal"
@@ -133,11 +134,12 @@ def preprocess_raw(config: Config) -> Path:
             work_dir=config.work_dir, image=config.fmriprep_image, nprocs=config.nprocs,
             omp_nthreads=config.omp_nthreads, fs_license_file=config.fs_license_file,
             fs_no_reconall=config.fs_no_reconall, skip_bids_validation=True,
-            poll_sleep=config.poll_sleep)
+            poll_sleep=config.poll_sleep, bold_filter=bold_filter)
     return run_minimal_preproc(
         config.bids_dir, minimal_output_dir(config.output_dir), config.participant_label,
         config.task_id, config.work_dir, config.nprocs, config.omp_nthreads,
-        session_label=config.session_label or None, poll_sleep=config.poll_sleep)
+        session_label=config.session_label or None, poll_sleep=config.poll_sleep,
+        bold_filter=bold_filter)
 
 
 def read_model_card(model_dir: str | None) -> dict[str, Any] | None:

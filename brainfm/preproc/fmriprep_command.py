@@ -255,6 +255,7 @@ def build_fmriprep_command(
     fs_no_reconall: bool,
     work_dir: str | Path,
     skip_bids_validation: bool = False,
+    bids_filter_file: str | Path | None = None,
 ) -> list[str]:
     """The argv that runs fMRIPrep for brainfm.
 
@@ -277,6 +278,9 @@ def build_fmriprep_command(
         Pass ``--fs-no-reconall`` (skip FreeSurfer surface reconstruction).
     skip_bids_validation : bool
         Pass ``--skip-bids-validation`` (when brainfm has validated the dataset already).
+    bids_filter_file : str or pathlib.Path, optional
+        Pass ``--bids-filter-file`` (fMRIPrep's PyBIDS queries, e.g. ``{"bold": {"run": 2}}``);
+        bound read-only into an Apptainer/Singularity container.
 
     Returns
     -------
@@ -312,6 +316,9 @@ def build_fmriprep_command(
         args.append("--fs-no-reconall")
     if skip_bids_validation:
         args.append("--skip-bids-validation")
+    filters = str(Path(bids_filter_file).absolute()) if bids_filter_file else None
+    if filters:
+        args += ["--bids-filter-file", filters]  # fmriprep-docker mounts it itself
     if backend == "fmriprep":
         return ["fmriprep", *args]
     if backend == "docker":
@@ -319,6 +326,8 @@ def build_fmriprep_command(
     if not image:
         raise UsageError(f"the {backend} backend needs --fmriprep-image IMAGE.sif")
     binds = [f"{bids}:{bids}:ro", f"{out}:{out}", f"{work}:{work}", f"{lic}:{lic}:ro"]
+    if filters:
+        binds.append(f"{filters}:{filters}:ro")
     command = [backend, "run", "--cleanenv"]
     for bind in binds:
         command += ["-B", bind]

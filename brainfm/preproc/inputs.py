@@ -245,6 +245,7 @@ def collect_raw_runs(
     participant_labels: Sequence[str] | str | None = None,
     session_labels: Sequence[str] | str | None = None,
     task: str | Sequence[str] = "rest",
+    bold_filter: dict[str, Any] | None = None,
 ) -> dict[str, list[RawBoldRun]]:
     """Collect and check the raw BOLD runs of the selected participants.
 
@@ -258,6 +259,9 @@ def collect_raw_runs(
         Sessions (with or without ``ses-``); default all.
     task : str or sequence of str
         Task label(s).
+    bold_filter : dict, optional
+        Extra PyBIDS query entities for the BOLD runs (the ``bold`` entry of
+        ``--bids-filter-file``, e.g. ``{"run": 2}``).
 
     Returns
     -------
@@ -279,6 +283,7 @@ def collect_raw_runs(
     sessions = _strip(session_labels, "ses-")
     if sessions:
         query["session"] = sessions
+    query.update(bold_filter or {})
     runs: dict[str, list[RawBoldRun]] = defaultdict(list)
     for bids_file in layout.get(invalid_filters="allow", **query):
         ents = bids_file.get_entities()
@@ -293,8 +298,9 @@ def collect_raw_runs(
         runs[run.subject].append(run)
     for subject in wanted:
         if subject not in runs:
+            chosen = f" matching {bold_filter} (--bids-filter-file)" if bold_filter else ""
             raise NothingSelectedError(
-                f"sub-{subject} has no raw BOLD for task {', '.join(task_labels(task))} in "
-                f"{root}"
+                f"sub-{subject} has no raw BOLD for task {', '.join(task_labels(task))}"
+                f"{chosen} in {root}"
             )
     return {sub: sorted(r, key=lambda x: x.prefix) for sub, r in sorted(runs.items())}

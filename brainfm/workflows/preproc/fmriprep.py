@@ -18,6 +18,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from brainfm.derivatives import write_json_atomic
 from brainfm.interfaces.preproc import RunFmriprep
 from brainfm.preproc.fmriprep_command import (
     build_fmriprep_command,
@@ -60,6 +61,7 @@ def init_fmriprep_wf(
     fs_no_reconall: bool,
     work_dir: str | Path,
     skip_bids_validation: bool = False,
+    bids_filter_file: str | Path | None = None,
     name: str = "fmriprep_wf",
 ) -> pe.Workflow:
     """A workflow with one node that runs fMRIPrep.
@@ -73,7 +75,7 @@ def init_fmriprep_wf(
     participant_labels : sequence of str or str or None
         Participants (None: all).
     backend, image, nprocs, omp_nthreads, fs_license_file, fs_no_reconall, work_dir,
-    skip_bids_validation
+    skip_bids_validation, bids_filter_file
         See :func:`brainfm.preproc.fmriprep_command.build_fmriprep_command`; ``work_dir`` is
         fMRIPrep's own working folder.
     name : str
@@ -89,7 +91,7 @@ def init_fmriprep_wf(
         backend, bids_dir, fmriprep_dir, participant_labels, image=image, nprocs=nprocs,
         omp_nthreads=omp_nthreads, fs_license_file=fs_license_file,
         fs_no_reconall=fs_no_reconall, work_dir=work_dir,
-        skip_bids_validation=skip_bids_validation,
+        skip_bids_validation=skip_bids_validation, bids_filter_file=bids_filter_file,
     )
     wf = pe.Workflow(name=name)
     node = pe.Node(RunFmriprep(command=command, out_dir=str(Path(fmriprep_dir).absolute())),
@@ -112,6 +114,7 @@ def run_fmriprep(
     fs_no_reconall: bool = False,
     skip_bids_validation: bool = False,
     poll_sleep: float = 0.2,
+    bold_filter: dict | None = None,
 ) -> Path:
     """Check the inputs, run fMRIPrep and return its derivatives folder.
 
@@ -137,6 +140,9 @@ def run_fmriprep(
         Pass ``--skip-bids-validation``.
     poll_sleep : float
         nipype polling interval (s).
+    bold_filter : dict, optional
+        PyBIDS query entities selecting the BOLD runs (``--bids-filter-file``'s ``bold``),
+        given to fMRIPrep as its own ``--bids-filter-file`` (written into the work folder).
 
     Returns
     -------
@@ -160,11 +166,15 @@ def run_fmriprep(
     fmriprep_work = Path(work_dir).absolute() / "fmriprep"
     fmriprep_dir.mkdir(parents=True, exist_ok=True)
     fmriprep_work.mkdir(parents=True, exist_ok=True)
+    filter_file = None
+    if bold_filter:
+        filter_file = write_json_atomic(Path(work_dir).absolute() / "fmriprep_bids_filter.json",
+                                        {"bold": bold_filter})
     wf = init_fmriprep_wf(
         bids_dir, fmriprep_dir, participant_labels, backend=backend, image=image,
         nprocs=nprocs, omp_nthreads=omp_nthreads, fs_license_file=license_file,
         fs_no_reconall=fs_no_reconall, work_dir=fmriprep_work,
-        skip_bids_validation=skip_bids_validation,
+        skip_bids_validation=skip_bids_validation, bids_filter_file=filter_file,
     )
     command = wf.get_node("fmriprep").inputs.command
     LOGGER.info("fMRIPrep (%s backend): %s", backend, shlex.join(command))

@@ -178,6 +178,7 @@ def run_minimal_preproc(
     resolution: int = 2,
     similarity: str = "crl1",
     poll_sleep: float = 0.2,
+    bold_filter: dict | None = None,
 ) -> Path:
     """Preprocess the raw BOLD of the selected participants into an fMRIPrep-style folder.
 
@@ -208,6 +209,8 @@ def run_minimal_preproc(
         ``cr``, ``cc``).
     poll_sleep : float
         MultiProc polling interval (s).
+    bold_filter : dict, optional
+        PyBIDS query entities selecting the raw BOLD runs (``--bids-filter-file``'s ``bold``).
 
     Returns
     -------
@@ -235,7 +238,7 @@ def run_minimal_preproc(
         raise UsageError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     bids = Path(bids_dir).absolute()
     out = Path(out_fmriprep_dir).absolute()
-    runs = collect_raw_runs(bids, participant_label, session_label, task)
+    runs = collect_raw_runs(bids, participant_label, session_label, task, bold_filter)
     all_runs = [run.to_dict() for sub_runs in runs.values() for run in sub_runs]
     LOGGER.info("minimal preprocessing of %d run(s) of %d participant(s) into %s",
                 len(all_runs), len(runs), out)

@@ -235,3 +235,44 @@ def test_outside_text_cannot_inject_markup(tmp_path):
     page = render_page(PAYLOAD, PAYLOAD, [Section(PAYLOAD, PAYLOAD, "<p>trusted</p>")])
     _assert_only_escaped(page)
     assert "<p>trusted</p>" in page
+
+
+def test_participant_report_has_design_coverage_methods_and_errors(tmp_path):
+    """fMRIPrep's order: summary, runs, about, methods, errors; a run shows its design matrix
+    and ROI coverage; the methods boilerplate and an excluded run's reason reach the page."""
+    out = Path(tmp_path)
+    func = out / "sub-08" / "func"
+    func.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for run in ("1", "2"):
+        pd.DataFrame({"framewise_displacement": rng.uniform(0, 0.3, 30), "outlier": 0,
+                      "dummy": 0}).to_csv(func / f"sub-08_task-rest_run-{run}_outliers.tsv",
+                                          sep="\t", index=False)
+    design = pd.DataFrame(rng.normal(size=(30, 3)), columns=["trans_x", "csf", "<b>odd</b>"])
+    design.to_csv(func / "sub-08_task-rest_run-1_desc-confounds_timeseries.tsv", sep="\t",
+                  index=False)
+    base = "sub-08_task-rest_run-1_space-MNI152NLin6Asym_atlas-Test"
+    names = [f"R{i}" for i in range(6)]
+    pd.DataFrame(rng.normal(size=(30, 6)), columns=names).to_csv(
+        func / f"{base}_stat-mean_timeseries.tsv", sep="\t", index=False)
+    (func / f"{base}_stat-mean_timeseries.json").write_text(
+        '{"RepetitionTime": 2.0, "CoverageThreshold": 0.5, "LowCoverageROIs": ["R<5>"]}')
+    pd.DataFrame({"Node": names, "coverage": [1, 1, 0.9, 0.8, 0.7, 0.2]}).to_csv(
+        func / f"{base}_stat-coverage_bold.tsv", sep="\t", index=False)
+    pd.DataFrame({"run": ["task-rest_run-1", "task-rest_run-2"], "status": ["included",
+                  "excluded"], "reason": ["", "only 40 s left after censoring (< 120 s)"]}
+                 ).to_csv(out / "sub-08" / "sub-08_desc-runs_qc.tsv", sep="\t", index=False)
+    (out / "logs").mkdir()
+    (out / "logs" / "CITATION.md").write_text(
+        "# Methods\n\nSignals were <denoised> with nilearn.\n\n## References\n\n- Power JD.\n")
+    html = participant_report(out, "08").read_text()
+    assert_self_contained(html)
+    titles = re.findall(r"<h2>(.*?)</h2>", html)
+    assert titles[0] == "Summary" and titles[-3:] == ["About", "Methods", "Errors"]
+    assert 'alt="sub-08_task-rest_run-1: design matrix"' in html
+    assert "3 confound regressors" in html and "<b>odd</b>" not in html
+    assert "6 ROIs" in html and "median 0.85" in html and "lowest 0.20" in html
+    assert "1 ROI(s) below 50 %" in html and "R&lt;5&gt;" in html
+    assert "Signals were &lt;denoised&gt; with nilearn." in html and "<li>Power JD.</li>" in html
+    errors = html[html.index('id="errors"'):]
+    assert "task-rest_run-2: only 40 s left after censoring" in errors

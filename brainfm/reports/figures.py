@@ -622,3 +622,33 @@ def plot_prediction_intervals(names: Sequence[str], values: Sequence[float],
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return figure_to_base64(fig)
+
+
+def plot_design_matrix(design: pd.DataFrame, title: str = "") -> str:
+    """The confound regressors used for a run (nilearn's ``plot_design_matrix``).
+
+    Parameters
+    ----------
+    design : pandas.DataFrame
+        Volumes x regressors, as written in ``desc-confounds_timeseries.tsv`` (missing values,
+        e.g. the first derivative's first row, drawn as 0).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    str
+        Base64 PNG.
+    """
+    from nilearn.plotting import plot_design_matrix as nilearn_design_matrix
+
+    n_columns = design.shape[1]
+    fig = new_figure(min(9.5, 2.0 + 0.18 * n_columns), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    nilearn_design_matrix(design.astype(float).fillna(0.0), rescale=True, axes=ax)
+    ax.set_ylabel("volume")
+    ax.tick_params(axis="x", labelsize=6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return figure_to_base64(fig)

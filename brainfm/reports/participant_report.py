@@ -112,6 +112,63 @@ def _find_atlas_table(output_dir: Path, atlas: str) -> tuple[Path, pd.DataFrame]
     return find_atlas(output_dir, atlas)
 
 
+def _coverage_html(series_path: Path, atlas: str) -> str:
+    """One paragraph: the atlas' ROI coverage and the ROIs left out for low coverage."""
+    side = _read_json(series_path.with_suffix(".json"))
+    coverage_path = Path(str(series_path).replace("_stat-mean_timeseries.tsv",
+                                                  "_stat-coverage_bold.tsv"))
+    values = (read_tsv(coverage_path)["coverage"].to_numpy(dtype=float)
+              if coverage_path.is_file() else np.array([]))
+    low = [str(n) for n in side.get("LowCoverageROIs") or []]
+    threshold = side.get("CoverageThreshold")
+    text = [f"<h3>atlas-{esc(atlas)}: ROI coverage</h3><p>"]
+    if values.size:
+        text.append(f"{values.size} ROIs; coverage (share of a parcel's voxels inside the brain "
+                    f"mask with signal) median {format_value(float(np.nanmedian(values)), 2)}, "
+                    f"lowest {format_value(float(np.nanmin(values)), 2)}. ")
+    if threshold is not None:
+        text.append(f"{len(low)} ROI(s) below {format_value(100 * float(threshold), 0)} % are "
+                    "left out (n/a in the time series)" + (": " if low else "."))
+    if low:
+        shown = ", ".join(esc(n) for n in low[:20])
+        text.append(shown + (f" and {len(low) - 20} more." if len(low) > 20 else "."))
+    text.append("</p>")
+    return "".join(text)
+
+
+def _methods_html(output_dir: Path) -> str:
+    """The run's methods boilerplate (``logs/CITATION.md``) as HTML, escaped."""
+    path = output_dir / "logs" / "CITATION.md"
+    if not path.is_file():
+        return ('<p class="note">No methods boilerplate in this output (it is written by the '
+                "participant level in logs/CITATION.md).</p>")
+    html_parts: list[str] = []
+    for block in path.read_text(encoding="utf-8").split("\n\n"):
+        block = block.strip()
+        if not block or block.startswith("# "):
+            continue
+        if block.startswith("## "):
+            html_parts.append(f"<h3>{esc(block[3:])}</h3>")
+        elif block.startswith("- "):
+            items = [line[2:] for line in block.splitlines() if line.startswith("- ")]
+            html_parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
+        else:
+            html_parts.append(f"<p>{esc(block)}</p>")
+    return "\n".join(html_parts)
+
+
+def _errors_html(qc: pd.DataFrame) -> str:
+    """Runs the participant level left out, with the reason; or that there were none."""
+    if not len(qc) or "status" not in qc:
+        return "<p>No errors to report.</p>"
+    excluded = qc[qc["status"] == "excluded"]
+    if not len(excluded):
+        return "<p>No errors to report: every run was included.</p>"
+    rows = [f"<li>{esc(r.get('run'))}: {esc(r.get('reason'))}</li>"
+            for r in excluded.to_dict("records")]
+    return f'<ul class="error">{"".join(rows)}</ul>'
+
+
 def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: dict[str, Any],
                  raw: Any, index: int) -> Section:
     from brainfm.reports import figures
@@ -147,6 +204,15 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     body.append("<h3>Censoring</h3>")
     body.append(figures.img_tag(figures.plot_fd_trace(fd, threshold, tr, outlier, dummy),
                                 f"{prefix}: framewise displacement"))
+    design_path = func_dir / f"{prefix}_desc-confounds_timeseries.tsv"
+    if design_path.is_file():
+        design = read_tsv(design_path)
+        if design.shape[1]:
+            body.append("<h3>Design matrix</h3>")
+            body.append(f'<p class="note">The {design.shape[1]} confound regressors removed '
+                        "from the ROI signals (each column rescaled for display).</p>")
+            body.append(figures.img_tag(figures.plot_design_matrix(design),
+                                        f"{prefix}: design matrix"))
     if not series_files:
         body.append('<p class="note">No denoised time series: the run was excluded.</p>')
     for series_path in series_files:
@@ -159,6 +225,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
             LOGGER.warning("%s: raw signals have %d volumes, the run %d: 'before' not drawn",
                            prefix, raw_array.shape[0], len(outliers))
             raw_array = None
+        body.append(_coverage_html(series_path, atlas))
         body.append(f"<h3>atlas-{esc(atlas)}: carpet plot</h3>")
         body.append(figures.img_tag(
             figures.plot_carpets(series.to_numpy(dtype=float), tr, retained.to_numpy(),
@@ -341,5 +408,7 @@ def participant_report(output_dir: str | Path, subject: str,
         "volumes are removed from the denoised derivatives and drawn blank here, with red marks "
         "above. Framewise displacement follows Power et al. (2012). Connectivity is the Pearson "
         "correlation of the denoised ROI signals over the retained volumes.</p>")))
+    sections.append(Section("boilerplate", "Methods", _methods_html(output_dir)))
+    sections.append(Section("errors", "Errors", _errors_html(qc)))
     html = render_page(f"brainfm: sub-{label}", f"participant report — {output_dir}", sections)
     return write_text_atomic(participant_report_path(output_dir, label), html)

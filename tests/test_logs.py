@@ -10,7 +10,7 @@ from brainfm.bidsapp.cli import build_parser as brainfm_parser
 from brainfm.importers.cli import build_parser as import_parser
 from brainfm.logs import VERBOSE_HELP, setup_logging
 from brainfm.models.cli import build_parser as train_parser
-from brainfm.testdata.cli import build_parser as testdata_parser
+from brainfm.testdata.cli import build_parser as maker_parser
 
 
 def _verbose_action(parser):
@@ -18,7 +18,7 @@ def _verbose_action(parser):
 
 
 @pytest.mark.parametrize("make", [brainfm_parser, train_parser, import_parser,
-                                  testdata_parser])
+                                  maker_parser])
 def test_every_command_counts_v_the_same_way(make):
     action = _verbose_action(make())
     assert action.option_strings == ["-v", "--verbose"]

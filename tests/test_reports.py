@@ -276,3 +276,29 @@ def test_participant_report_has_design_coverage_methods_and_errors(tmp_path):
     assert "Signals were &lt;denoised&gt; with nilearn." in html and "<li>Power JD.</li>" in html
     errors = html[html.index('id="errors"'):]
     assert "task-rest_run-2: only 40 s left after censoring" in errors
+
+
+def test_pred_vs_true_keeps_legend_and_statistics_off_the_data():
+    """No point under the legend or the statistics box (both outside the axes, in display
+    coordinates after drawing) and no error bar cut by the axis limits."""
+    rng = np.random.default_rng(9)
+    age = rng.uniform(6, 60, 80)
+    pred = age + rng.normal(0, 4, 80)
+    std = rng.uniform(1, 9, 80)
+    fig = F.pred_vs_true_figure(age, pred, std, "age",
+                                {"n": 80, "mae": 3.1, "pearson_r": 0.9, "r2": 0.8},
+                                pred_corrected=pred * 0.9 + 2)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    points = ax.transData.transform(np.c_[np.r_[age, age], np.r_[pred, pred * 0.9 + 2]])
+    boxes = [ax.get_legend().get_window_extent(renderer)]
+    boxes += [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == 2
+    for box in boxes:
+        inside = ((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
+                  & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))
+        assert not inside.any()
+        assert not box.overlaps(ax.get_window_extent(renderer))
+    low, high = ax.get_ylim()
+    assert low <= (pred - std).min() and high >= (pred + std).max()

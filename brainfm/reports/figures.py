@@ -128,6 +128,9 @@ def plot_pred_vs_true(true: Any, pred: Any, pred_std: Any = None, target: str = 
                       metrics: dict[str, Any] | None = None, pred_corrected: Any = None) -> str:
     """Scatter of predicted against known values, with the identity line.
 
+    The statistics and the legend sit beside the axes, never over a point, and the limits
+    include every error bar.
+
     Parameters
     ----------
     true, pred : array-like
@@ -137,7 +140,7 @@ def plot_pred_vs_true(true: Any, pred: Any, pred_std: Any = None, target: str = 
     target : str
         Target name (axis labels).
     metrics : dict, optional
-        ``mae``, ``pearson_r``, ``r2``, ``n`` printed in the corner.
+        ``mae``, ``pearson_r``, ``r2``, ``n`` printed beside the axes.
     pred_corrected : array-like, optional
         Bias-corrected predictions, drawn as a second series.
 
@@ -146,22 +149,32 @@ def plot_pred_vs_true(true: Any, pred: Any, pred_std: Any = None, target: str = 
     str
         Base64 PNG.
     """
+    return figure_to_base64(pred_vs_true_figure(true, pred, pred_std, target, metrics,
+                                                pred_corrected))
+
+
+def pred_vs_true_figure(true: Any, pred: Any, pred_std: Any = None, target: str = "age",
+                        metrics: dict[str, Any] | None = None,
+                        pred_corrected: Any = None) -> Figure:
+    """The figure of :func:`plot_pred_vs_true` (for tests of its geometry)."""
     true_a = np.asarray(true, dtype=float)
     pred_a = np.asarray(pred, dtype=float)
     std_a = (np.asarray(pred_std, dtype=float) if pred_std is not None
              else np.full(true_a.shape, np.nan))
     t, p, s = _finite(true_a, pred_a, np.nan_to_num(std_a, nan=0.0))
-    fig = new_figure(4.6, 4.2)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = new_figure(6.4, 4.2)
+    ax = fig.add_axes((0.11, 0.12, 0.56, 0.78))
     ax.errorbar(t, p, yerr=s if np.any(s > 0) else None, fmt="o", ms=4, color=_POINT,
                 ecolor="#9db3d3", elinewidth=0.8, alpha=0.85, label="predicted")
     _fit_line(ax, t, p, _POINT)
+    values = [t, p - s, p + s]
     if pred_corrected is not None:
         tc, pc = _finite(true_a, np.asarray(pred_corrected, dtype=float))
         ax.scatter(tc, pc, s=14, marker="s", color=_CORRECTED, alpha=0.7,
                    label="bias-corrected")
-    values = np.concatenate([t, p]) if t.size else np.array([0.0, 1.0])
-    lo, hi = float(values.min()), float(values.max())
+        values += [tc, pc]
+    flat = np.concatenate(values) if t.size else np.array([0.0, 1.0])
+    lo, hi = float(flat.min()), float(flat.max())
     pad = 0.05 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=1, label="identity")
     ax.set_xlim(lo - pad, hi + pad)
@@ -172,14 +185,14 @@ def plot_pred_vs_true(true: Any, pred: Any, pred_std: Any = None, target: str = 
         def fmt(key: str) -> str:
             value = metrics.get(key)
             return "n/a" if value is None else f"{value:.2f}"
-        ax.text(0.03, 0.97, f"n = {metrics.get('n', t.size)}\nMAE = {fmt('mae')}\n"
-                            f"r = {fmt('pearson_r')}\nR² = {fmt('r2')}",
+        ax.text(1.04, 1.0, f"n = {metrics.get('n', t.size)}\nMAE = {fmt('mae')}\n"
+                           f"r = {fmt('pearson_r')}\nR² = {fmt('r2')}",
                 transform=ax.transAxes, va="top", ha="left", fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.legend(loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=8, frameon=False)
     ax.set_title(f"{_pretty(target)}: predicted vs known", fontsize=11)
     ax.grid(alpha=0.3)
-    return figure_to_base64(fig)
+    return fig
 
 
 def plot_distribution(pred: Any, target: str) -> str:
@@ -528,7 +541,7 @@ def plot_fd_trace(fd: Any, threshold: float | None, repetition_time: float,
     ax.set_ylabel("FD (mm)")
     ax.set_xlim(0, max(time[-1], repetition_time) if time.size else 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return figure_to_base64(fig)
 

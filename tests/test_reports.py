@@ -302,3 +302,32 @@ def test_pred_vs_true_keeps_legend_and_statistics_off_the_data():
         assert not box.overlaps(ax.get_window_extent(renderer))
     low, high = ax.get_ylim()
     assert low <= (pred - std).min() and high >= (pred + std).max()
+
+
+def test_card_summary_cuts_lists_between_names():
+    from brainfm.reports.group_report import _card_summary
+
+    sites = [f"SITE_{i:02d}_WITH_A_LONG_NAME" for i in range(40)]
+    html = _card_summary({"TrainingCohort": {"sites": sites, "n_sites": 40}, "Sites": sites})
+    for part in re.findall(r"<dd>(.*?)</dd>", html):
+        names = re.findall(r"SITE_\d\d\w*", part)
+        assert names and all(n.endswith("_WITH_A_LONG_NAME") for n in names)  # none cut
+        assert "more" in part
+
+
+def test_participant_predictions_carry_the_card_s_out_of_site_accuracy(tmp_path):
+    import json
+
+    fx = write_group_fixture(tmp_path, n_participants=6, sessions_for=(1,), with_timeseries=True)
+    subject = sorted(p.name[4:] for p in fx["out"].glob("sub-*") if p.is_dir())[0]
+    sidecar = next((fx["out"] / f"sub-{subject}").rglob("*_desc-brainfm_predictions.json"))
+    meta = json.loads(sidecar.read_text())
+    meta["ModelCard"]["TargetColumns"]["fluid_intelligence"] = "piq"
+    meta["ModelCard"]["OutOfSiteAccuracy"] = {
+        "age": {"mae": 3.52, "training_mean_mae": 5.39, "coverage_90": 0.92},
+        "fluid_intelligence": {"mae": 12.44, "training_mean_mae": 12.46, "coverage_90": 0.89}}
+    sidecar.write_text(json.dumps(meta))
+    html = participant_report(fx["out"], subject).read_text()
+    table = html[html.index("out-of-site MAE"):]
+    assert "3.52" in table and "5.39" in table and "0.92" in table and "12.44" in table
+    assert "fluid_intelligence (trained on piq)" in html

@@ -270,6 +270,16 @@ def _join(values: list[Any], unit: str = "") -> str:
     return ", ".join(f"{v}{unit}" for v in values) if values else "n/a"
 
 
+def _join_names(names: list[str], limit: int) -> str:
+    """Names joined by commas, whole names only, ``and N more`` past ``limit`` characters."""
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > limit:
+            return ", ".join(shown) + f" and {len(names) - len(shown)} more"
+        shown.append(name)
+    return ", ".join(shown)
+
+
 def _card_summary(card: Any) -> str:
     if not isinstance(card, dict):
         return f"<p>{esc(card)}</p>"
@@ -278,14 +288,17 @@ def _card_summary(card: Any) -> str:
         if value is None or value == [] or value == {}:
             continue
         if isinstance(value, list):
-            text = ", ".join(str(v.get("name", v)) if isinstance(v, dict) else str(v)
-                             for v in value)
+            names = [str(v.get("name", v)) if isinstance(v, dict) else str(v) for v in value]
+            text = _join_names(names, 300)
         elif isinstance(value, dict):
-            text = "; ".join(f"{k}: {v}" for k, v in value.items())
+            text = "; ".join(
+                f"{k}: {_join_names([str(x) for x in v], 200) if isinstance(v, list) else v}"
+                for k, v in value.items())
         else:
             text = str(value)
-        if len(text) > 300:
-            text = text[:297] + "…"
+        if len(text) > 600:  # cut at a separator, never inside a name
+            cut = max(text.rfind("; ", 0, 597), text.rfind(", ", 0, 597))
+            text = text[:cut if cut > 0 else 597] + " …"
         label = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(key)).replace("_", " ")
         rows.append(f"<dt>{esc(label)}</dt><dd>{esc(text)}</dd>")
     return f'<dl class="summary">{"".join(rows)}</dl>'

@@ -282,12 +282,30 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
                      for t in targets] if calibrated else None
         side = _read_json(path.with_suffix(".json"))
         body.append(f"<h3>{esc(title)}</h3>")
-        shown = pd.DataFrame({"target": targets, "predicted": values, "std": stds})
+        card = side.get("ModelCard") or {}
+        trained_on = card.get("TargetColumns") or {}
+        shown = pd.DataFrame({
+            "target": [t if trained_on.get(t, t) == t else f"{t} (trained on {trained_on[t]})"
+                       for t in targets],
+            "predicted": values, "std": stds})
         if intervals is not None:
             shown["50 % interval"] = [f"{b[0]:.1f} – {b[1]:.1f}" for b in intervals]
             shown["90 % interval"] = [f"{b[2]:.1f} – {b[3]:.1f}" for b in intervals]
+        accuracy = card.get("OutOfSiteAccuracy") or {}
+        if accuracy:
+            # the model's measured accuracy on sites it never saw, beside each prediction
+            shown["out-of-site MAE"] = [(accuracy.get(t) or {}).get("mae") for t in targets]
+            shown["training-mean MAE"] = [(accuracy.get(t) or {}).get("training_mean_mae")
+                                          for t in targets]
+            shown["90 % coverage"] = [(accuracy.get(t) or {}).get("coverage_90")
+                                      for t in targets]
         body.append(html_table(shown, text_columns=["target", "50 % interval",
                                                     "90 % interval"]))
+        if accuracy:
+            body.append('<p class="note">Out-of-site MAE and 90 % coverage: the model card\'s '
+                        "leave-one-site-out measurement on its training cohort (a new lab's "
+                        "data are a new site); the training-mean MAE is what predicting the "
+                        "cohort's mean for everyone scores.</p>")
         for target, note in (side.get("TargetNotes") or {}).items():
             body.append(f'<p class="warning"><strong>{esc(target)}</strong>: {esc(note)}</p>')
         if str(row.get("out_of_distribution", "")).lower() == "true":

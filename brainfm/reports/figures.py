@@ -548,7 +548,8 @@ def plot_fd_trace(fd: Any, threshold: float | None, repetition_time: float,
 
 def plot_connectivity(matrix: Any, labels: Sequence[str] | None = None, title: str = "",
                       networks: Sequence[str] | None = None) -> str:
-    """A connectivity matrix (Pearson r), ROIs in atlas order (grouped by network if given).
+    """A connectivity matrix (Pearson r) drawn with nilearn's ``plot_matrix``, ROIs in atlas
+    order (grouped by network if given).
 
     Parameters
     ----------
@@ -573,16 +574,14 @@ def plot_connectivity(matrix: Any, labels: Sequence[str] | None = None, title: s
         order = np.argsort(np.asarray(networks, dtype=str), kind="stable")
         mat = mat[np.ix_(order, order)]
     np.fill_diagonal(mat, np.nan)
+    from nilearn.plotting import plot_matrix
+
     fig = new_figure(4.8, 4.2)
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-1, vmax=1,
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="Pearson r")
-    if labels is not None and n <= 40:
-        names = [str(labels[i]) for i in order]
-        ax.set_xticks(range(n), names, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), names, fontsize=6)
-    else:
+    names = [str(labels[i]) for i in order] if labels is not None and n <= 40 else None
+    plot_matrix(np.ma.masked_invalid(mat), labels=names, axes=ax, colorbar=True,
+                cmap="RdBu_r", vmin=-1, vmax=1, auto_fit=names is not None)
+    if names is None:
         ax.set_xlabel("ROI")
         ax.set_ylabel("ROI")
     if networks is not None and len(networks) == n:

@@ -33,11 +33,21 @@ _FALLBACK_ENTITY_ORDER = (
     "space", "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label",
     "desc")
 
-
 #: pybids configuration for the ``stat`` entity of brainfm's (and XCP-D's) outputs; pybids'
 #: own ``derivatives`` configuration covers ``atlas``, ``space``, ``desc``, ``res``, ``den``.
 #: ``BIDSLayout(out, config=["bids", "derivatives", PYBIDS_CONFIG], validate=False)``.
 PYBIDS_CONFIG = Path(__file__).parent / "data" / "pybids_config.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _bids_schema() -> Any:
+    """The BIDS schema installed with pybids (bidsschematools), loaded once; None if unusable."""
+    try:
+        from bidsschematools.schema import load_schema
+
+        return load_schema()
+    except Exception:  # noqa: BLE001 - an older or broken schema package: callers fall back
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,16 +56,15 @@ def entity_order() -> tuple[str, ...]:
 
     ``stat`` (XCP-D's statistic entity, not in the schema yet) goes just before ``desc``.
     """
+    schema = _bids_schema()
     try:
-        from bidsschematools.schema import load_schema
-
-        schema = load_schema()
         order = [str(schema["objects"]["entities"][e]["name"])
                  for e in schema["rules"]["entities"]]
-    except Exception:  # noqa: BLE001 - an older or broken schema package: the last known
+    except (TypeError, KeyError):  # no schema, or one laid out differently: the last known
         order = list(_FALLBACK_ENTITY_ORDER)
     order.insert(order.index("desc") if "desc" in order else len(order), "stat")
     return tuple(order)
+
 
 #: Suffixes brainfm writes that the BIDS validator does not know yet (listed in .bidsignore).
 BIDSIGNORE_PATTERNS = (
@@ -329,15 +338,10 @@ def output_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@functools.lru_cache(maxsize=1)
 def bids_version() -> str:
     """The BIDS version of the schema installed with pybids (the entities brainfm names by)."""
-    try:
-        from bidsschematools.schema import load_schema
-
-        return str(load_schema()["bids_version"])
-    except Exception:  # noqa: BLE001 - an older or broken schema package: the last known
-        return "1.11.0"
+    schema = _bids_schema()
+    return str(schema["bids_version"]) if schema else "1.11.2"
 
 
 def dataset_description(sources: Mapping[str, str | Path],

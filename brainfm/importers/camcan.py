@@ -31,6 +31,7 @@ import pandas as pd
 
 from brainfm.derivatives import write_json_atomic, write_tsv_atomic
 from brainfm.errors import InputError, UsageError
+from brainfm.importers.phenotype import cell_number
 
 LOGGER = logging.getLogger(__name__)
 
@@ -76,13 +77,8 @@ def _ccid(text: object, where: str) -> str:
 
 
 def _number(text: object, limits: tuple[float, float], what: str, where: str) -> float:
-    if text is None or str(text).strip() in ("", "n/a", "NaN", "nan"):
-        return float("nan")
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise InputError(f"{where}: {what} '{text}' is not a number") from None
-    if not np.isfinite(value) or not limits[0] <= value <= limits[1]:
+    value = cell_number(text, what, where, missing_code=None, missing_text=("", "n/a"))
+    if np.isfinite(value) and not limits[0] <= value <= limits[1]:
         raise InputError(f"{where}: {what} {value:g} is outside {limits[0]:g}-{limits[1]:g}")
     return value
 

@@ -34,16 +34,40 @@ def _where(path: Path, index: int, file_id: str) -> str:
     return f"{path}, line {index + 2} (FILE_ID {file_id})"  # line 1 is the header
 
 
-def _number(text: object, column: str, where: str) -> float:
-    """A cell as a float (NaN when empty or the missing code); error when unreadable."""
-    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() == "":
+def cell_number(text: object, column: str, where: str,
+                missing_code: float | None = MISSING_CODE,
+                missing_text: tuple[str, ...] = ("",)) -> float:
+    """A table cell as a float: NaN when missing, an error naming the place when unreadable.
+
+    Parameters
+    ----------
+    text : object
+        The cell (a string, or NaN/None when empty).
+    column : str
+        Its column, for the message.
+    where : str
+        File and line, for the message.
+    missing_code : float or None
+        The number that means "not recorded" (PCP's -9999), or None.
+    missing_text : tuple of str
+        Cell texts that mean "not recorded" (the empty cell by default).
+
+    Raises
+    ------
+    InputError
+        Not a number, or not finite.
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)) \
+            or str(text).strip() in missing_text:
         return float("nan")
     try:
         value = float(str(text))
     except ValueError:
+        codes = [f"{missing_code:g}"] if missing_code is not None else []
+        unknown = " / ".join(codes + [repr(t) if t else "an empty cell" for t in missing_text])
         raise InputError(f"{where}: {column} {text!r} is not a number; write a number, or "
-                         f"{MISSING_CODE:g} / an empty cell if it is unknown") from None
-    if value == MISSING_CODE:
+                         f"{unknown} if it is unknown") from None
+    if missing_code is not None and value == missing_code:
         return float("nan")
     if not np.isfinite(value):
         raise InputError(f"{where}: {column} {text!r} is not a finite number; fix the value")
@@ -87,25 +111,25 @@ def check_pcp_phenotype(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
             raise InputError(f"{where}: SUB_ID {row['SUB_ID']!r} is not a positive whole "
                              "number; it becomes the BIDS label sub-<SUB_ID>, fix the value")
         out = {"FILE_ID": file_id, "SUB_ID": int(float(sub_id)), "SITE_ID": row["SITE_ID"]}
-        age = _number(row["AGE_AT_SCAN"], "AGE_AT_SCAN", where)
+        age = cell_number(row["AGE_AT_SCAN"], "AGE_AT_SCAN", where)
         if not np.isnan(age) and not AGE_RANGE[0] < age <= AGE_RANGE[1]:
             raise InputError(f"{where}: AGE_AT_SCAN {row['AGE_AT_SCAN']!r} is outside "
                              f"{AGE_RANGE[0]:g}-{AGE_RANGE[1]:g} years; fix the value")
         out["AGE_AT_SCAN"] = age
-        fd = _number(row.get("func_mean_fd"), "func_mean_fd", where)
+        fd = cell_number(row.get("func_mean_fd"), "func_mean_fd", where)
         if not np.isnan(fd) and not FD_RANGE[0] <= fd <= FD_RANGE[1]:
             raise InputError(f"{where}: func_mean_fd {row['func_mean_fd']!r} is outside "
                              f"{FD_RANGE[0]:g}-{FD_RANGE[1]:g} mm; fix the value")
         out["func_mean_fd"] = fd
         for column in ("FIQ", "VIQ", "PIQ"):
-            value = _number(row.get(column), column, where)
+            value = cell_number(row.get(column), column, where)
             if not np.isnan(value) and not IQ_RANGE[0] <= value <= IQ_RANGE[1]:
                 LOGGER.warning("%s: %s %s is outside %g-%g; written as n/a", where, column,
                                row[column], *IQ_RANGE)
                 value = float("nan")
             out[column] = value
         for column, levels in _CODES.items():
-            value = _number(row[column], column, where)
+            value = cell_number(row[column], column, where)
             if not np.isnan(value) and value not in levels:
                 LOGGER.warning("%s: %s %s is not one of %s; written as n/a", where, column,
                                row[column], sorted(int(v) for v in levels))

@@ -14,6 +14,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +33,8 @@ _FALLBACK_ENTITY_ORDER = (
     "stain", "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi",
     "space", "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label",
     "desc")
+
+_ENTITY_RE = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
 
 #: pybids configuration for the ``stat`` entity of brainfm's (and XCP-D's) outputs; pybids'
 #: own ``derivatives`` configuration covers ``atlas``, ``space``, ``desc``, ``res``, ``den``.
@@ -66,31 +69,52 @@ def entity_order() -> tuple[str, ...]:
     return tuple(order)
 
 
-#: Suffixes brainfm writes that the BIDS validator does not know yet (listed in .bidsignore).
+#: What the BIDS validator must skip: the suffixes brainfm writes that BIDS 1.11 does not define
+#: (most of them XCP-D's), the reports and the run records. Nothing standard is hidden, so the
+#: validator checks every file the schema defines; ``logs/`` and ``sourcedata/`` (the atlas
+#: dataset, valid on its own) are folders the schema already leaves unchecked. ``_motion``
+#: is a BIDS suffix, but of the ``motion`` datatype (with ``tracksys``), not XCP-D's table.
 BIDSIGNORE_PATTERNS = (
-    "/atlases",
-    "/logs",
+    "*.html",
+    "/group_*",
     "/sub-*/log",
+    "*_desc-runs_qc.tsv",
+    "*_desc-runs_qc.json",
+    "*_stat-coverage_bold.tsv",
+    "*_stat-coverage_bold.json",
     "*_timeseries.tsv",
     "*_timeseries.json",
     "*_relmat.tsv",
     "*_relmat.json",
-    "*_bold.tsv",
-    "*_bold.json",
     "*_motion.tsv",
     "*_motion.json",
     "*_outliers.tsv",
     "*_outliers.json",
-    "*_qc.tsv",
-    "*_qc.json",
+    "*_design.tsv",
+    "*_design.json",
     "*_predictions.tsv",
     "*_predictions.json",
     "*_expertweights.tsv",
     "*_expertweights.json",
-    "*.html",
-    "/figures",
-    "/group_*",
 )
+
+
+def parse_entities(filename: str) -> dict[str, str]:
+    """Parse the BIDS ``key-value`` entities of a file name.
+
+    Parameters
+    ----------
+    filename : str
+        A file name (directories are ignored), e.g.
+        ``sub-01_ses-1_task-rest_run-2_atlas-CC200_stat-mean_timeseries.tsv``.
+
+    Returns
+    -------
+    dict of str to str
+        Entities in order of appearance, e.g. ``{"sub": "01", "ses": "1", "task": "rest", ...}``.
+    """
+    stem = Path(filename).name.split(".", 1)[0]
+    return {key: value for key, value in _ENTITY_RE.findall(stem)}
 
 
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
@@ -118,6 +142,25 @@ def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     parts = [f"{key}-{entities[key]}" for key in order
              if entities.get(key) not in (None, "")]
     return "_".join([*parts, suffix]) + extension
+
+
+#: Where the atlases used are copied: a BIDS atlas dataset nested in the outputs, in the place
+#: XCP-D 26 gives it (``dataset_description.json``, ``atlas-<label>_description.json``,
+#: ``tpl-<space>/anat/tpl-<space>_atlas-<label>[_res-<res>]_dseg.{nii.gz,tsv,json}``).
+ATLAS_DATASET = Path("sourcedata") / "atlases"
+
+
+def atlas_image_path(output_dir: str | Path, label: str, space: str,
+                     res: str | None = None) -> Path:
+    """Path of an atlas image in the outputs' atlas dataset (:data:`ATLAS_DATASET`)."""
+    name = build_name({"tpl": space, "atlas": label, "res": res}, "dseg", ".nii.gz")
+    return Path(output_dir) / ATLAS_DATASET / f"tpl-{space}" / "anat" / name
+
+
+def find_atlas_images(output_dir: str | Path, label: str) -> list[Path]:
+    """The images of atlas ``label`` in the outputs' atlas dataset (sorted; empty if none)."""
+    return sorted((Path(output_dir) / ATLAS_DATASET).glob(
+        f"tpl-*/anat/tpl-*_atlas-{label}_*dseg.nii.gz"))
 
 
 def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Path:
@@ -370,7 +413,8 @@ def dataset_description(sources: Mapping[str, str | Path],
         "GeneratedBy": [generated_by],
         "DatasetLinks": links,
         "SourceDatasets": [{"URL": uri} for uri in dict.fromkeys(links.values())],
-        "HowToAcknowledge": "Cite brainfm and the atlases listed in atlases/.",
+        "HowToAcknowledge": "Cite brainfm and the atlases described in "
+                            f"{ATLAS_DATASET.as_posix()}/.",
     }
     if license_text:
         desc["License"] = license_text

@@ -12,13 +12,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import pandas as pd
 
+from brainfm import __version__
 from brainfm.atlases import Atlas
 from brainfm.derivatives import (
+    ATLAS_DATASET,
+    atlas_image_path,
+    bids_version,
     build_name,
     copy_atomic,
+    find_atlas_images,
     output_lock,
+    parse_entities,
     participant_report_path,
     read_tsv,
     subject_func_dir,
@@ -98,7 +105,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
             {"Description": "Volumes censored (outlier=1: FD above threshold; dummy=1: initial "
                             "volumes dropped).",
              "FDThreshold": settings["fd_thresh"], "Sources": [sources[2]]})
-    put_tsv(result_dir / "design.tsv", {**run_ents, "desc": "confounds"}, "timeseries",
+    put_tsv(result_dir / "design.tsv", {**run_ents, "desc": "preproc"}, "design",
             {"Description": "Design matrix regressed out of the ROI signals: the strategy's "
                             "nuisance regressors and polynomial trends, one row per volume "
                             "(censored volumes included; the band-pass is applied to signals "
@@ -106,7 +113,10 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
              **common, "Sources": [sources[2]]})
     for label, atlas_info in info["atlases"].items():
         ents = {**run_ents, "space": run["space"], "atlas": label}
-        atlas_source = f"atlases/atlas-{label}/"
+        images = find_atlas_images(output_dir, label)
+        atlas_source = ("bids:atlases:" + (images[0].relative_to(output_dir / ATLAS_DATASET)
+                                            .as_posix() if images
+                                            else f"atlas-{label}_description.json"))
         # where the atlas was drawn and how it reached the BOLD's space (brainfm.atlas_spaces)
         placement = {k: v for k, v in (run.get("atlas_placement") or {}).get(label, {}).items()
                      if v is not None}
@@ -173,23 +183,50 @@ def write_subject_outputs(result_dirs: list[str], runs: list[Mapping[str, Any]],
     return written
 
 
+def atlas_description(atlas: Atlas) -> dict[str, Any]:
+    """``atlas-<label>_description.json`` of an atlas (BIDS 1.11 atlas description fields)."""
+    licence = (atlas.licence_file.read_text(encoding="utf-8").strip() if atlas.licence_file
+               else "Unknown: a user-supplied atlas; see its provider's terms.")
+    return {"AtlasName": atlas.name, "License": licence,
+            "Description": f"{atlas.name}: {len(atlas.labels)} regions, drawn in "
+                           f"{atlas.space} (brainfm source: {atlas.source}).",
+            "ReferencesAndLinks": [atlas.citation] if atlas.citation else []}
+
+
 def copy_atlases(output_dir: str | Path, atlases: list[Atlas]) -> list[str]:
-    """Copy the atlases used into ``output_dir/atlases`` (shared files, written under lock)."""
+    """Copy the atlases used into the outputs' atlas dataset (shared files, under lock).
+
+    The layout is a BIDS atlas derivative dataset at
+    :data:`~brainfm.derivatives.ATLAS_DATASET` (where XCP-D 26 puts its atlases): its own
+    ``dataset_description.json``, one ``atlas-<label>_description.json`` per atlas (name,
+    licence, references) and the image, its ROI table and sidecar under ``tpl-<space>/anat/``.
+    """
     output_dir = Path(output_dir)
+    root = output_dir / ATLAS_DATASET
     written = []
     with output_lock(output_dir):
+        written.append(write_json_atomic(root / "dataset_description.json", {
+            "Name": "Atlases used by brainfm", "BIDSVersion": bids_version(),
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "brainfm", "Version": __version__}]}))
         for atlas in atlases:
-            folder = output_dir / "atlases" / f"atlas-{atlas.label}"
-            base = f"atlas-{atlas.label}_space-{atlas.space}_dseg"
-            written.append(copy_atomic(atlas.image, folder / f"{base}.nii.gz"))
-            written.append(write_tsv_atomic(folder / f"{base}.tsv", atlas.labels))
-            sidecar = {"Name": atlas.name, "Space": atlas.space, "Source": atlas.source,
-                       "Citation": atlas.citation}
+            image = atlas_image_path(output_dir, atlas.label, atlas.space,
+                                     parse_entities(Path(atlas.image).name).get("res"))
+            written.append(copy_atomic(atlas.image, image))
+            table = image.with_name(image.name.replace(".nii.gz", ".tsv"))
+            written.append(write_tsv_atomic(table, atlas.labels))
+            sidecar: dict[str, Any] = {
+                "Description": f"{atlas.name} label image (0 = background) and its ROI table.",
+                "Source": atlas.source}
+            res = parse_entities(image.name).get("res")
+            if res:  # the schema requires the meaning of the res- label
+                zooms = nib.load(image).header.get_zooms()[:3]
+                sidecar["Resolution"] = {res: " x ".join(f"{z:g}" for z in zooms) + " mm voxels"}
+            if "network" in atlas.labels.columns:
+                sidecar["network"] = {"Description": "Yeo 2011 7-network the parcel belongs to"}
             if atlas.transform is not None:
                 sidecar["Transform"] = str(atlas.transform)
-            if atlas.licence_file:
-                licence = copy_atomic(atlas.licence_file, folder / Path(atlas.licence_file).name)
-                sidecar["License"] = licence.name
-                written.append(licence)
-            written.append(write_json_atomic(folder / f"{base}.json", sidecar))
+            written.append(write_json_atomic(table.with_suffix(".json"), sidecar))
+            written.append(write_json_atomic(
+                root / f"atlas-{atlas.label}_description.json", atlas_description(atlas)))
     return [str(p) for p in written]

@@ -19,7 +19,7 @@ brainfm "$OUT/data/bids" "$OUT/derivatives" participant \
   -w "$OUT/work" --nprocs 2 --omp-nthreads 1
 brainfm "$OUT/data/bids" "$OUT/derivatives" group
 echo "brainfm outputs (participant and group level) in $OUT/derivatives:"
-find "$OUT/derivatives" -type f -not -path '*/atlases/*' | sort
+find "$OUT/derivatives" -type f -not -path '*/sourcedata/*' | sort
 echo
 echo "Predictions of the five held-out subjects (true ages 8.5, 16, 26.8, 38.8, 49):"
 column -t -s $'\t' "$OUT/derivatives/group_predictions.tsv" | cut -c1-160

@@ -157,8 +157,8 @@ def test_2009c_run_with_warped_atlas_matches_nlin6(tmp_path: Path, templateflow:
     sidecar = json.loads((func9 / f"{name.format(NLIN2009C)}.json").read_text())
     assert sidecar["AtlasSpace"] == NLIN2009C
     assert sidecar["AtlasTransform"] == str(transform_file(NLIN2009C, NLIN6))
-    assert (tmp_path / "out9" / "atlases" / "atlas-CC200"
-            / f"atlas-CC200_space-{NLIN2009C}_dseg.nii.gz").is_file()
+    assert (tmp_path / "out9" / "sourcedata" / "atlases" / f"tpl-{NLIN2009C}" / "anat"
+            / f"tpl-{NLIN2009C}_atlas-CC200_dseg.nii.gz").is_file()
 
 
 @pytest.mark.slow

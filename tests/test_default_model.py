@@ -103,6 +103,10 @@ def test_default_model_predicts_demo_data_offline(tmp_path, no_network, abide_di
     meta = json.loads(tsv.with_suffix(".json").read_text())
     assert "calibrated" in meta["Description"]
     assert set(meta["TargetNotes"]) <= {"age", "fluid_intelligence"}
+    # each target column described the BIDS way, with the target's real name
+    assert meta["fluid_intelligence"]["LongName"].startswith("performance IQ (ABIDE PIQ)")
+    assert "Not predictable out of site" in meta["fluid_intelligence"]["Description"]
+    assert meta["ModelCard"]["TargetLabels"]["age"] == "age (years)"
     assert meta["ModelCard"]["OutOfSiteAccuracy"]["age"]["mae"] > 0
     _, card = load_checkpoint(resolve_model_dir("default"))
     assert meta["ModelSHA256"] == card["weights_sha256"]

@@ -147,6 +147,15 @@ def test_sidecars_and_dataset_description(outputs):
     assert sidecar["SamplingFrequency"] == 0.5
     assert sidecar["DenoisingStrategy"] == "pcp"
     assert len(sidecar["Sources"]) >= 3
+    for uri in sidecar["Sources"]:  # every BIDS URI resolves through DatasetLinks
+        _, name, rel = uri.split(":", 2)
+        assert (Path(desc["DatasetLinks"][name].removeprefix("file://")) / rel).is_file(), uri
+    atlas_source = [u for u in sidecar["Sources"] if u.startswith("bids:atlases:")]
+    assert atlas_source == ["bids:atlases:tpl-MNI152NLin6Asym/anat/"
+                            "tpl-MNI152NLin6Asym_atlas-CC200_res-03_dseg.nii.gz"]
+    description = json.loads((out / "sourcedata" / "atlases" / "atlas-CC200_description.json")
+                             .read_text())
+    assert description["AtlasName"] == "CC200" and "Craddock" in description["License"]
     relmat = pd.read_csv(out / "sub-01" / "func" /
                          "sub-01_task-rest_space-MNI152NLin6Asym_atlas-CC200_stat-"
                          "pearsoncorrelation_relmat.tsv", sep="\t", index_col=0)
@@ -171,15 +180,45 @@ def test_pybids_queries_atlas_stat_and_suffix_with_the_shipped_config(outputs):
                                                           "Schaefer200"]
 
 
-def test_bids_validator_accepts_the_output(outputs):
-    exe = shutil.which("bids-validator-deno")
-    if exe is None:
-        pytest.skip("bids-validator-deno is not installed")
-    proc = subprocess.run([exe, str(outputs["default"]), "--datasetTypes", "derivative",
-                           "--format", "json"], capture_output=True, text=True, check=False)
+def _validate(exe: str, dataset: Path) -> dict:
+    proc = subprocess.run([exe, str(dataset), "--datasetTypes", "derivative", "--format",
+                           "json"], capture_output=True, text=True, check=False)
     report = json.loads(proc.stdout)
     errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
     assert proc.returncode == 0 and not errors, errors[:5]
+    return report
+
+
+def test_bids_validator_accepts_participant_and_group_output(painted, outputs, tmp_path):
+    """0 errors, and every file outside .bidsignore is one the validator checked.
+
+    ``.bidsignore`` names only suffixes BIDS does not define (and the reports, run records), so
+    the files left (here ``dataset_description.json`` and anything standard a later version
+    adds) are validated; the atlases are a BIDS dataset of their own in ``sourcedata/``, where
+    every file is checked.
+    """
+    import pathspec
+
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed")
+    out = tmp_path / "out"
+    shutil.copytree(outputs["default"], out)
+    assert main([str(painted["motion"].bids_dir), str(out), "group"]) == 0
+    ignore = pathspec.GitIgnoreSpec.from_lines((out / ".bidsignore").read_text().splitlines())
+    files = [p.relative_to(out).as_posix() for p in out.rglob("*")
+             if p.is_file() and not p.name.startswith(".")]
+    standard = [f for f in files if not ignore.match_file(f)
+                and not f.startswith(("logs/", "sourcedata/"))]
+    assert "dataset_description.json" in standard
+    report = _validate(exe, out)
+    assert report["summary"]["totalFiles"] == len(standard) + 1  # and .bidsignore itself
+    atlases = out / "sourcedata" / "atlases"
+    atlas_files = [p for p in atlases.rglob("*") if p.is_file()]
+    # the dataset description, and per atlas its description, image, table and sidecar
+    assert len(atlas_files) == 1 + 2 * 4
+    report = _validate(exe, atlases)
+    assert report["summary"]["totalFiles"] == len(atlas_files)
 
 
 def test_rerun_reuses_finished_nodes(painted, outputs, caplog):

@@ -111,7 +111,7 @@ def test_group_report_without_atlas_lists_weights(tmp_path):
     import shutil
 
     fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=())
-    shutil.rmtree(fx["out"] / "atlases")
+    shutil.rmtree(fx["out"] / "sourcedata" / "atlases")
     written = run_group_level(make_config(fx["bids"], fx["out"]))
     html = written["report"].read_text()
     assert "cannot be drawn on the brain" in html and "expert_3" in html
@@ -249,7 +249,7 @@ def test_participant_report_has_design_coverage_methods_and_errors(tmp_path):
                       "dummy": 0}).to_csv(func / f"sub-08_task-rest_run-{run}_outliers.tsv",
                                           sep="\t", index=False)
     design = pd.DataFrame(rng.normal(size=(30, 3)), columns=["trans_x", "csf", "<b>odd</b>"])
-    design.to_csv(func / "sub-08_task-rest_run-1_desc-confounds_timeseries.tsv", sep="\t",
+    design.to_csv(func / "sub-08_task-rest_run-1_desc-preproc_design.tsv", sep="\t",
                   index=False)
     base = "sub-08_task-rest_run-1_space-MNI152NLin6Asym_atlas-Test"
     names = [f"R{i}" for i in range(6)]
@@ -331,3 +331,10 @@ def test_participant_predictions_carry_the_card_s_out_of_site_accuracy(tmp_path)
     table = html[html.index("out-of-site MAE"):]
     assert "3.52" in table and "5.39" in table and "0.92" in table and "12.44" in table
     assert "fluid_intelligence (trained on piq)" in html
+    # with the card's labels, the target's real name is shown instead
+    meta["ModelCard"]["TargetLabels"] = {
+        "age": "age (years)",
+        "fluid_intelligence": "performance IQ (ABIDE PIQ), our fluid-intelligence proxy"}
+    sidecar.write_text(json.dumps(meta))
+    html = participant_report(fx["out"], subject).read_text()
+    assert "performance IQ (ABIDE PIQ), our fluid-intelligence proxy" in html

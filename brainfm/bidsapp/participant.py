@@ -23,7 +23,12 @@ from brainfm.bidsapp.records import (
     write_run_config,
 )
 from brainfm.bidsapp.validation import validate_bids
-from brainfm.derivatives import init_output_dataset, read_tsv, write_text_atomic
+from brainfm.derivatives import (
+    ATLAS_DATASET,
+    init_output_dataset,
+    read_tsv,
+    write_text_atomic,
+)
 from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
 from brainfm.outputs import copy_atlases
 from brainfm.processing.confounds import get_strategy
@@ -319,7 +324,8 @@ def run_participant_level(config: Config) -> None:
 
     card = read_model_card(model_dir)
     init_output_dataset(config.output_dir,
-                        {"raw": config.bids_dir, "preprocessed": config.fmriprep_dir},
+                        {"raw": config.bids_dir, "preprocessed": config.fmriprep_dir,
+                         "atlases": config.output_dir / ATLAS_DATASET},
                         license_text=card.get("license") if card else None)
     boilerplate = methods_boilerplate(config.to_dict(), unique_atlases(placed),
                                       get_strategy(config.nuisance_regressors), card)

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import ID_COLUMNS, incomplete_participants, read_tsv
+from brainfm.derivatives import (
+    ATLAS_DATASET,
+    ID_COLUMNS,
+    find_atlas_images,
+    incomplete_participants,
+    read_tsv,
+)
 from brainfm.errors import InputError
 
 LOGGER = logging.getLogger(__name__)
@@ -523,8 +529,7 @@ def find_atlas(output_dir: str | Path, atlas: str) -> tuple[Path, pd.DataFrame] 
     tuple or None
         ``(image path, table with index and name)``, or ``None`` when not found.
     """
-    folder = Path(output_dir) / "atlases" / f"atlas-{atlas}"
-    images = sorted(folder.glob(f"atlas-{atlas}_*dseg.nii.gz"))
+    images = find_atlas_images(output_dir, atlas)
     if not images:
         return None
     image = images[0]
@@ -583,13 +588,14 @@ def collect_methods_info(output_dir: str | Path, sidecars: list[dict]) -> dict[s
         regressors = side.get("NuisanceRegressors")
         if isinstance(regressors, list):
             add("n_regressors", len(regressors))
-    for folder in sorted((output_dir / "atlases").glob("atlas-*")):
-        label = folder.name[len("atlas-"):]
-        sides = sorted(folder.glob("*_dseg.json"))
-        side = _read_json(sides[0]) if sides else {}
-        info["atlases"][label] = {"name": side.get("Name", label),
-                                  "citation": side.get("Citation", ""),
-                                  "space": side.get("Space", "")}
+    for path in sorted((output_dir / ATLAS_DATASET).glob("atlas-*_description.json")):
+        label = path.name[len("atlas-"):-len("_description.json")]
+        side = _read_json(path)
+        images = find_atlas_images(output_dir, label)
+        info["atlases"][label] = {
+            "name": side.get("AtlasName", label),
+            "citation": " ".join(str(r) for r in side.get("ReferencesAndLinks") or []),
+            "space": images[0].parent.parent.name[len("tpl-"):] if images else ""}
     for side in sidecars:
         card = side.get("ModelCard")
         if card and card not in info["model_cards"]:

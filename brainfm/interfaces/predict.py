@@ -34,6 +34,8 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "DenoisingStrategy": card.get("denoising_strategy"),
         "Targets": [t.get("name") for t in card.get("targets") or []],
         "TargetColumns": {t.get("name"): t.get("column") for t in card.get("targets") or []},
+        "TargetLabels": {t.get("name"): t.get("label") or t.get("name")
+                         for t in card.get("targets") or []},
         "TrainingCohort": training.get("cohort"),
         "TrainingSubjects": training.get("n_subjects"),
         "Window": card.get("window"),
@@ -46,6 +48,21 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
 def target_notes(card: dict[str, Any]) -> dict[str, str]:
     """Plain-words caveats per target from the model card (e.g. "not predictable out of site")."""
     return {t["name"]: t["note"] for t in card.get("targets") or [] if t.get("note")}
+
+
+def target_column_descriptions(card: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """BIDS column descriptions of the target columns of a predictions table.
+
+    ``LongName`` is the target's real name from the card (e.g. "performance IQ (ABIDE PIQ),
+    our fluid-intelligence proxy" for ``fluid_intelligence``), ``Description`` adds its caveat.
+    """
+    out = {}
+    for t in card.get("targets") or []:
+        label = t.get("label") or t["name"]
+        text = f"Predicted {label} (model trained on column '{t.get('column', t['name'])}')."
+        out[t["name"]] = {"LongName": label,
+                          "Description": f"{text} {t['note']}" if t.get("note") else text}
+    return out
 
 
 def _prediction_columns(card: dict[str, Any]) -> list[str]:
@@ -159,6 +176,7 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
             "License": card.get("license"),
             "ModelCard": model_card_summary(card),
             "TargetNotes": target_notes(card),
+            **target_column_descriptions(card),
             "Sources": sources,
             "ExcludedRuns": excluded,
         })))

@@ -39,6 +39,7 @@ import torch
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
+from brainfm.derivatives import parse_entities
 from brainfm.errors import InputError, UsageError
 
 LOGGER = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ LOGGER = logging.getLogger(__name__)
 #: Default common sampling rate of the model inputs (Hz); 0.5 Hz is a repetition time of 2 s.
 DEFAULT_SAMPLING_RATE_HZ = 0.5
 TIMESERIES_SUFFIX = "_stat-mean_timeseries.tsv"
-_ENTITY_RE = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
 #: Standard deviation below which an ROI time series counts as constant.
 _CONSTANT_EPS = 1e-8
 #: Largest absolute correlation before the Fisher transform (keeps arctanh finite).
@@ -89,24 +89,6 @@ class RunFile:
     def sidecar(self) -> Path:
         """Path of the JSON sidecar next to the TSV."""
         return self.path.with_name(self.path.name[: -len(".tsv")] + ".json")
-
-
-def parse_entities(filename: str) -> dict[str, str]:
-    """Parse the BIDS ``key-value`` entities of a file name.
-
-    Parameters
-    ----------
-    filename : str
-        A file name (directories are ignored), e.g.
-        ``sub-01_ses-1_task-rest_run-2_atlas-CC200_stat-mean_timeseries.tsv``.
-
-    Returns
-    -------
-    dict of str to str
-        Entities in order of appearance, e.g. ``{"sub": "01", "ses": "1", "task": "rest", ...}``.
-    """
-    stem = Path(filename).name.split(".", 1)[0]
-    return {key: value for key, value in _ENTITY_RE.findall(stem)}
 
 
 def _normalise_atlas(atlas: str) -> str:

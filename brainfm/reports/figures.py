@@ -642,7 +642,7 @@ def plot_design_matrix(design: pd.DataFrame, title: str = "") -> str:
     Parameters
     ----------
     design : pandas.DataFrame
-        Volumes x regressors, as written in ``desc-confounds_timeseries.tsv`` (missing values,
+        Volumes x regressors, as written in ``desc-preproc_design.tsv`` (missing values,
         e.g. the first derivative's first row, drawn as 0).
     title : str
         Figure title.

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from brainfm import __version__
+from brainfm.derivatives import ATLAS_DATASET
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,8 +118,9 @@ def _accuracy_section(result: GroupResult) -> Section:
             "SS<sub>tot</sub> of the predictions (not r²). Sessions count separately.</p>"]
     cards = result.methods.get("model_cards") or [{}]
     out_of_site = (cards[0] or {}).get("OutOfSiteAccuracy") or {}
+    labels = (cards[0] or {}).get("TargetLabels") or {}
     for target in result.targets:
-        body.append(f"<h3>{esc(target.replace('_', ' '))}</h3>")
+        body.append(f"<h3>{esc(labels.get(target) or target.replace('_', ' '))}</h3>")
         if target in out_of_site:
             acc = out_of_site[target]
             body.append(
@@ -245,8 +247,9 @@ def _expert_atlas_html(label: str, weights: ExpertWeights, atlas: Any, figures: 
              f"{format_value(100 * agreement, 0)}% of the sessions give a ROI its largest weight "
              "on the cohort's dominant expert for that ROI.</p>"]
     if atlas is None:
-        parts.append(f'<p class="warning">The atlas image <code>atlases/atlas-{esc(label)}/'
-                     "</code> is missing from the output dataset, so the weights cannot be "
+        parts.append(f'<p class="warning">The image of atlas <code>{esc(label)}</code> is '
+                     f"missing from <code>{ATLAS_DATASET.as_posix()}/</code> in the output "
+                     "dataset, so the weights cannot be "
                      "drawn on the brain; the table lists them instead.</p>")
         parts.append(html_table(mean.reset_index(), digits=3, scroll=True))
         return "\n".join(parts)

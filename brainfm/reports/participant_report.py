@@ -179,9 +179,9 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     side = _read_json(outliers_path.with_suffix(".json"))
     series_files = sorted(func_dir.glob(f"{prefix}_space-*_stat-mean_timeseries.tsv"))
     series_side = _read_json(series_files[0].with_suffix(".json")) if series_files else {}
+    design_path = func_dir / f"{prefix}_desc-preproc_design.tsv"
     tr = float(series_side.get("RepetitionTime")
-               or _read_json(func_dir / f"{prefix}_desc-confounds_timeseries.json")
-               .get("RepetitionTime") or 1.0)
+               or _read_json(design_path.with_suffix(".json")).get("RepetitionTime") or 1.0)
     threshold = side.get("FDThreshold", series_side.get("FDThreshold"))
     fd = outliers.get("framewise_displacement", pd.Series(np.nan, index=outliers.index))
     outlier = outliers.get("outlier", pd.Series(0, index=outliers.index)).fillna(0).astype(bool)
@@ -204,7 +204,6 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     body.append("<h3>Censoring</h3>")
     body.append(figures.img_tag(figures.plot_fd_trace(fd, threshold, tr, outlier, dummy),
                                 f"{prefix}: framewise displacement"))
-    design_path = func_dir / f"{prefix}_desc-confounds_timeseries.tsv"
     if design_path.is_file():
         design = read_tsv(design_path)
         if design.shape[1]:
@@ -284,8 +283,10 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         body.append(f"<h3>{esc(title)}</h3>")
         card = side.get("ModelCard") or {}
         trained_on = card.get("TargetColumns") or {}
+        labels = card.get("TargetLabels") or {}
         shown = pd.DataFrame({
-            "target": [t if trained_on.get(t, t) == t else f"{t} (trained on {trained_on[t]})"
+            "target": [labels.get(t) or (t if trained_on.get(t, t) == t
+                                         else f"{t} (trained on {trained_on[t]})")
                        for t in targets],
             "predicted": values, "std": stds})
         if intervals is not None:

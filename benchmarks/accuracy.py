@@ -46,10 +46,10 @@ import evaluation as E
 import numpy as np
 from provenance import git_commit, machine
 
-from brainfm.derivatives import write_text_atomic
+from brainfm.fileio import write_text_atomic
 from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
 from brainfm.importers.pcp import import_pcp
-from brainfm.models import train as T
+from brainfm.models import runs
 from brainfm.models.baselines import (
     BASELINE_KERNELS,
     connectivity_features,
@@ -57,9 +57,15 @@ from brainfm.models.baselines import (
     subject_kernel,
 )
 from brainfm.models.cli import load_options
-from brainfm.models.data import SessionData, TargetSpec, load_participants, target_matrix
+from brainfm.models.cross_validation import make_folds
 from brainfm.models.ensemble import interval_columns
+from brainfm.models.loop import regression_metrics
+from brainfm.models.options import TrainOptions
+from brainfm.models.runtime import DistContext, setup
+from brainfm.models.sessions import SessionData
 from brainfm.models.stacking import fit_ensemble
+from brainfm.models.targets import TargetSpec, load_participants, target_matrix
+from brainfm.models.train import finetune, predict_sessions, prediction_card, pretrain
 
 LOGGER = logging.getLogger("accuracy")
 HERE = Path(__file__).resolve().parent
@@ -143,7 +149,7 @@ def prepare_cache(data: Path, cache: Path) -> Path:
     return cache
 
 
-def load_cohort(deriv: Path, opts: T.TrainOptions) -> Cohort:
+def load_cohort(deriv: Path, opts: TrainOptions) -> Cohort:
     """Sessions, targets and sites of the imported cohort.
 
     Parameters
@@ -158,7 +164,7 @@ def load_cohort(deriv: Path, opts: T.TrainOptions) -> Cohort:
     Cohort
         The cohort.
     """
-    sessions = T.load_cohort([deriv], opts)
+    sessions = runs.load_cohort([deriv], opts)
     frame = load_participants(deriv / "participants.tsv")
     pids = [s.participant_id for s in sessions]
     y = target_matrix(frame, pids, list(TARGETS), str(deriv / "participants.tsv"))
@@ -168,7 +174,7 @@ def load_cohort(deriv: Path, opts: T.TrainOptions) -> Cohort:
 
 def outer_folds(cohort: Cohort, protocol: str, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Outer folds of a protocol (``kfold`` or ``loso``) as session index arrays."""
-    return T.make_folds(cohort.subjects, cohort.sites, 5, PROTOCOLS[protocol], seed)
+    return make_folds(cohort.subjects, cohort.sites, 5, PROTOCOLS[protocol], seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +237,8 @@ def _init_worker(deriv: str, opts: dict[str, Any], threads: int) -> None:
     _COHORT = load_cohort(Path(deriv), _options(opts))
 
 
-def _options(values: dict[str, Any]) -> T.TrainOptions:
-    return T.TrainOptions(**copy.deepcopy(values))
+def _options(values: dict[str, Any]) -> TrainOptions:
+    return TrainOptions(**copy.deepcopy(values))
 
 
 def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, Any]:
@@ -260,13 +266,13 @@ def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, 
     sessions = [cohort.sessions[i] for i in train]
     y_train = cohort.targets[train]
     base = _options(task["options"])
-    ctx = T.setup(base)
+    ctx = setup(base)
     init = None
     result: dict[str, Any] = {"pretrain_seconds": 0.0, "variants": {}}
     if task["pretrain"] is not None:
         pre_opts = _options(task["options"])
         pre_opts.model = {**pre_opts.model, "masking": task["pretrain"]}
-        init, info = T.pretrain(sessions, pre_opts, ctx, epochs=task["pretrain_epochs"],
+        init, info = pretrain(sessions, pre_opts, ctx, epochs=task["pretrain_epochs"],
                                 label=f"{task['name']} pretrain")
         result["pretrain_seconds"] = round(info["seconds"], 1)
     for variant in task["variants"]:
@@ -278,10 +284,10 @@ def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, 
             opts = _options(task["options"])
             opts.model = {**opts.model, **VARIANTS[variant]["model"]}
             opts.seed += member
-            model, scaler, info = T.finetune(sessions, y_train, list(TARGETS), opts, ctx,
+            model, scaler, info = finetune(sessions, y_train, list(TARGETS), opts, ctx,
                                              init=init, label=f"{task['name']} {variant}")
-            card = T.prediction_card(scaler, list(TARGETS), model.config, opts)
-            pred = T.predict_sessions(model, card, [cohort.sessions[i] for i in test],
+            card = prediction_card(scaler, list(TARGETS), model.config, opts)
+            pred = predict_sessions(model, card, [cohort.sessions[i] for i in test],
                                       opts.stride, ctx.device)[:, :len(TARGETS)]
             members.append((pred, info))
         info = members[0][1]
@@ -297,8 +303,8 @@ def train_fold(task: dict[str, Any], cohort: Cohort | None = None) -> dict[str, 
     return result
 
 
-def _train_recipe(cohort: Cohort, train: np.ndarray, test: np.ndarray, opts: T.TrainOptions,
-                  ctx: T.DistContext, init: Any, task: dict[str, Any]) -> dict[str, Any]:
+def _train_recipe(cohort: Cohort, train: np.ndarray, test: np.ndarray, opts: TrainOptions,
+                  ctx: DistContext, init: Any, task: dict[str, Any]) -> dict[str, Any]:
     """Fit the shipped recipe on a fold; results for it and for its two parts alone."""
     t0 = time.perf_counter()
     sessions = [cohort.sessions[i] for i in train]
@@ -341,7 +347,7 @@ def model_code_digest() -> str:
 
 
 def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[str, list[str]],
-               opts: T.TrainOptions, pretrain_epochs: int) -> list[dict[str, Any]]:
+               opts: TrainOptions, pretrain_epochs: int) -> list[dict[str, Any]]:
     """One task per (protocol, fold, pretraining): the variants sharing that pretraining.
 
     Parameters
@@ -384,7 +390,7 @@ def plan_tasks(folds_by_protocol: dict[str, list], variants_by_protocol: dict[st
     return tasks
 
 
-def run_tasks(tasks: list[dict[str, Any]], deriv: Path, opts: T.TrainOptions, jobs: int,
+def run_tasks(tasks: list[dict[str, Any]], deriv: Path, opts: TrainOptions, jobs: int,
               threads: int, work_dir: Path) -> dict[str, dict[str, Any]]:
     """Run (or reuse from ``work_dir``) every task, ``jobs`` at a time.
 
@@ -514,7 +520,7 @@ def fold_record(cohort: Cohort, fold: int, train: np.ndarray, test: np.ndarray,
     rec: dict[str, Any] = {"fold": fold, "n_train": int(train.size), "n_test": int(test.size),
                            "test_sites": sorted(set(cohort.sites[test].tolist()))}
     for k, spec in enumerate(TARGETS):
-        rec[spec.name] = T.regression_metrics(cohort.targets[test, k], pred[:, k])
+        rec[spec.name] = regression_metrics(cohort.targets[test, k], pred[:, k])
     age = cohort.targets[test, 0]
     rec["age_gap_r"] = _corr(pred[:, 0] - age, age)
     rec["age_gap_r_corrected"] = None
@@ -550,7 +556,7 @@ def summarise(cohort: Cohort, records: list[dict[str, Any]]) -> dict[str, Any]:
         index = {p: i for i, p in enumerate(cohort.subjects)}
         idx = np.array([index[p] for r in records for p in r["predictions"]["participant_id"]])
         pred = np.array([v for r in records for v in r["predictions"][spec.name]])
-        entry["pooled"] = T.regression_metrics(cohort.targets[idx, k], pred)
+        entry["pooled"] = regression_metrics(cohort.targets[idx, k], pred)
         out[spec.name] = entry
     for key in ("age_gap_r", "age_gap_r_corrected"):
         vals = np.array([np.nan if r[key] is None else r[key] for r in records], dtype=float)

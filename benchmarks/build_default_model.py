@@ -37,10 +37,10 @@ import numpy as np
 from accuracy import DEFAULT_CONFIG, TARGETS, load_cohort, prepare_cache
 from provenance import git_commit, machine
 
-from brainfm.derivatives import write_text_atomic
-from brainfm.models import train as T
+from brainfm.fileio import write_text_atomic
 from brainfm.models.checkpoint import load_checkpoint, save_checkpoint
 from brainfm.models.cli import load_options
+from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import run_ensemble
 
 LOGGER = logging.getLogger("build_default_model")
@@ -88,7 +88,7 @@ def participant_label(file_id: str) -> str:
     return file_id.rsplit("_", 1)[1]
 
 
-def train_once(deriv: Path, out: Path, opts: T.TrainOptions) -> dict[str, Any]:
+def train_once(deriv: Path, out: Path, opts: TrainOptions) -> dict[str, Any]:
     """Fit the shipped recipe on the cohort minus the held-out subjects, as a user would.
 
     Same as ``brainfm-train ensemble DERIV --target age --target fluid_intelligence=piq
@@ -109,7 +109,7 @@ def train_once(deriv: Path, out: Path, opts: T.TrainOptions) -> dict[str, Any]:
         ``model_dir``, ``weights_sha256`` and ``seconds``.
     """
     t0 = time.perf_counter()
-    model_dir = run_ensemble([deriv], out, list(TARGETS), T.TrainOptions(**opts.to_dict()),
+    model_dir = run_ensemble([deriv], out, list(TARGETS), TrainOptions(**opts.to_dict()),
                              exclude=[participant_label(f) for f in HOLDOUT_FILE_IDS])
     card = json.loads((model_dir / "model_card.json").read_text())
     return {"model_dir": model_dir, "weights_sha256": card["weights_sha256"],

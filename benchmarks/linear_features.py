@@ -32,7 +32,6 @@ import numpy as np
 from accuracy import load_cohort, outer_folds
 from sklearn.covariance import ledoit_wolf
 
-from brainfm.models import train as T
 from brainfm.models.baselines import (
     ALPHA_GRID,
     connectivity_features,
@@ -40,6 +39,7 @@ from brainfm.models.baselines import (
     fit_primal_ridge,
     out_of_fold,
 )
+from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import inner_site_folds
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path.home() / ".cache" / "brainfm" / "abide-pcp-cc200")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    cohort = load_cohort(args.cache, T.TrainOptions())
+    cohort = load_cohort(args.cache, TrainOptions())
     y = cohort.targets[:, 0]
     covs = covariances(cohort.sessions)
     logs = _sym_apply(covs, np.log)

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from accuracy import load_cohort, outer_folds
 
-from brainfm.models import train as T
 from brainfm.models.baselines import (
     ALPHA_GRID,
     connectivity_features,
@@ -37,6 +36,7 @@ from brainfm.models.baselines import (
     kernel_ridge_predict,
     out_of_fold,
 )
+from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import inner_site_folds
 
 WIDE_GRID = tuple(float(a) for a in np.logspace(-6, 3, 19))
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path.home() / ".cache" / "brainfm" / "abide-pcp-cc200")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    cohort = load_cohort(args.cache, T.TrainOptions())
+    cohort = load_cohort(args.cache, TrainOptions())
     y = cohort.targets[:, 0]
     edges = correlation_features(connectivity_features([s.conn for s in cohort.sessions]))
     linear = edges @ edges.T

@@ -15,7 +15,7 @@ Three measurements, each next to a reference measured in the same run:
    averaging and the uncertainty). The model is built from the training options of ``--config``
    (random weights: the speed does not depend on them), or loaded from ``--model DIR``
    (``default`` is the packaged model). The baseline is the subject's whole-run Fisher-z
-   connectivity (:func:`brainfm.models.data.fisher_z_connectivity`, the classical feature of
+   connectivity (:func:`brainfm.models.timeseries.fisher_z_connectivity`, the classical feature of
    connectome-based prediction); the session preparation (:func:`session_from_arrays`:
    standardising, connectivity, resampling) is timed as well.
 2. **Training throughput.** One optimisation step (forward, backward, gradient clipping and
@@ -289,9 +289,10 @@ def build_model(config: Path, model_name: str | None, n_rois: int,
 
     from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir
     from brainfm.models.cli import load_options
-    from brainfm.models.data import TargetScaler, TargetSpec
+    from brainfm.models.loop import make_config
     from brainfm.models.model import BrainFM
-    from brainfm.models.train import make_config, prediction_card
+    from brainfm.models.targets import TargetScaler, TargetSpec
+    from brainfm.models.train import prediction_card
 
     opts = load_options(config)
     if model_name:
@@ -340,8 +341,9 @@ def measure_latency(model: torch.nn.Module, card: dict[str, Any], volumes: int, 
     """
     import numpy as np
 
-    from brainfm.models.data import fisher_z_connectivity, session_from_arrays, standardise
     from brainfm.models.predict import predict_subject
+    from brainfm.models.sessions import session_from_arrays
+    from brainfm.models.timeseries import fisher_z_connectivity, standardise
 
     names = list(card["roi_names"])
     rate = float(card.get("sampling_rate_hz", 0.5))

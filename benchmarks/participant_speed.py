@@ -7,7 +7,7 @@ the same run of this script:
 
 - ``nibabel load``: ``python -c`` that imports nibabel and calls
   ``nibabel.load(bold).get_fdata(dtype=float32)``: the floor, reading the data once;
-- ``streamed extraction``: :func:`brainfm.processing.parcellate.extract_roi_signals` alone, for
+- ``streamed extraction``: :func:`brainfm.postproc.parcellate.extract_roi_signals` alone, for
   the same atlases;
 - ``brainfm participant``: the whole command (``brainfm bids out participant``: indexing,
   extraction, denoising, connectivity, predictions, derivatives, HTML report), fresh work dir;
@@ -58,7 +58,7 @@ data = nb.load(sys.argv[1]).get_fdata(dtype=np.float32)
 EXTRACT_SNIPPET = """
 import sys
 from brainfm.interfaces.parcellate import resolve_atlases
-from brainfm.processing.parcellate import extract_roi_signals
+from brainfm.postproc.parcellate import extract_roi_signals
 extract_roi_signals(sys.argv[1], resolve_atlases(sys.argv[3:]), sys.argv[2])
 """
 

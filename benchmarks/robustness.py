@@ -40,7 +40,7 @@ from accuracy import DEFAULT_CONFIG, load_cohort, prepare_cache
 from build_default_model import HOLDOUT_FILE_IDS, participant_label
 from provenance import git_commit, machine
 
-from brainfm.derivatives import read_tsv, write_text_atomic
+from brainfm.fileio import read_tsv, write_text_atomic
 from brainfm.models.baselines import (
     connectivity_features,
     correlation_features,
@@ -50,9 +50,9 @@ from brainfm.models.baselines import (
 )
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir
 from brainfm.models.cli import load_options
-from brainfm.models.data import session_from_arrays
 from brainfm.models.ensemble import session_edges
 from brainfm.models.predict import predict_subject
+from brainfm.models.sessions import session_from_arrays
 from brainfm.testdata.signals import ABIDE_SITE_TR
 
 LOGGER = logging.getLogger("robustness")

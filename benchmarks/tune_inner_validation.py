@@ -30,8 +30,11 @@ import numpy as np
 import torch
 from accuracy import TARGETS, load_cohort, outer_folds
 
-from brainfm.models import train as T
 from brainfm.models.baselines import connectivity_features, nested_kernel_ridge, subject_kernel
+from brainfm.models.loop import split_subjects
+from brainfm.models.options import TrainOptions
+from brainfm.models.runtime import setup
+from brainfm.models.train import finetune, pretrain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    opts = T.TrainOptions(threads=1, **json.loads(args.options))
+    opts = TrainOptions(threads=1, **json.loads(args.options))
     cohort = load_cohort(args.cache, opts)
     train, _test = outer_folds(cohort, "kfold", seed=0)[0]
     sessions = [cohort.sessions[i] for i in train]
     y = cohort.targets[train]
     if args.baselines:
-        inner_tr, inner_va = T.split_subjects([s.participant_id for s in sessions],
+        inner_tr, inner_va = split_subjects([s.participant_id for s in sessions],
                                               opts.val_fraction, opts.seed)
         features = connectivity_features([s.conn for s in sessions])
         for kind in ("ridge", "krr"):
@@ -64,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{np.mean(np.abs(pred - y[va, k])):.3f} (alpha {alpha:g}, n {va.size})")
         return 0
     t0 = time.perf_counter()
-    ctx = T.setup(opts)
+    ctx = setup(opts)
     init = None
     if args.pretrain_epochs:
-        init, _ = T.pretrain(sessions, opts, ctx, epochs=args.pretrain_epochs)
-    _, _, info = T.finetune(sessions, y, list(TARGETS), opts, ctx, init=init)
+        init, _ = pretrain(sessions, opts, ctx, epochs=args.pretrain_epochs)
+    _, _, info = finetune(sessions, y, list(TARGETS), opts, ctx, init=init)
     m = info["metrics"]
     print(json.dumps({
         "options": json.loads(args.options), "pretrain_epochs": args.pretrain_epochs,

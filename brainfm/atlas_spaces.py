@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 from brainfm.atlases import Atlas, templateflow_atlas, templateflow_home
 from brainfm.errors import InputError, UsageError
+from brainfm.fileio import write_atomic
 
 LOGGER = logging.getLogger("brainfm.atlas_spaces")
 
@@ -96,14 +95,8 @@ def warp_label_image(image: Path, transform: Path, reference: Path, out_file: Pa
         warped = apply(chain, moving, reference=grid, order=0, mode="constant", cval=0,
                        prefilter=False)
     labels = np.rint(np.asanyarray(warped.dataobj)).astype(np.int32)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".nii.gz", dir=out_file.parent)
-    os.close(handle)
-    try:
-        nib.Nifti1Image(labels, ref.affine).to_filename(tmp)
-        os.replace(tmp, out_file)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(out_file, lambda tmp: nib.Nifti1Image(labels, ref.affine).to_filename(tmp),
+                 suffix=".nii.gz")
     return out_file
 
 

@@ -447,3 +447,24 @@ def custom_atlas(image_file: str | Path, labels_file: str | Path, name: str,
         licence_file=None,
         citation=f"User-supplied atlas {image_file.name} (labels {labels_file.name})",
     )
+
+
+def resolve_atlases(names: list[str], atlas_file: str | Path | None = None,
+                    atlas_labels: str | Path | None = None,
+                    atlas_name: str = "Custom") -> list[Atlas]:
+    """Resolve bundled/TemplateFlow atlas names plus an optional user atlas.
+
+    Parameters
+    ----------
+    names : list of str
+        Atlas names (``CC200``, ``Schaefer2018-400`` ...).
+    atlas_file, atlas_labels : path, optional
+        A user atlas: a 3-D label image in the BOLD's standard space and its ``index``/``name``
+        table.
+    atlas_name : str
+        The BIDS ``atlas-`` label of the user atlas.
+    """
+    atlases = [get_atlas(name) for name in names]
+    if atlas_file:
+        atlases.append(custom_atlas(atlas_file, atlas_labels, atlas_name))
+    return atlases

@@ -9,22 +9,17 @@ on one output folder cannot corrupt them.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from brainfm import __version__
-from brainfm.errors import InputError, UsageError
+from brainfm.errors import UsageError
+from brainfm.fileio import output_lock, write_json_atomic, write_text_atomic
 
 #: BIDS 1.11.2's entity order, used when the installed schema cannot be read
 #: (:func:`entity_order` reads it from bidsschematools).
@@ -117,6 +112,12 @@ def parse_entities(filename: str) -> dict[str, str]:
     return {key: value for key, value in _ENTITY_RE.findall(stem)}
 
 
+def strip_prefix(label: str, prefix: str) -> str:
+    """A BIDS label without its entity prefix (``strip_prefix("sub-01", "sub-")`` is ``"01"``)."""
+    label = str(label).strip()
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     """Compose a BIDS file name from entities in the schema's order (:func:`entity_order`).
 
@@ -171,68 +172,6 @@ def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Pat
     return path / "func"
 
 
-#: Environment variable holding the input folders no write may land in (``os.pathsep``-joined);
-#: an environment variable so that nipype's worker processes and cluster jobs inherit it.
-PROTECTED_ENV = "BRAINFM_PROTECTED_INPUTS"
-#: The folders inside a protected input that may be written (the output dataset only).
-ALLOWED_ENV = "BRAINFM_ALLOWED_OUTPUTS"
-
-
-@contextlib.contextmanager
-def protected_inputs(folders: Sequence[str | Path | None],
-                     allowed: Sequence[str | Path | None] = ()) -> Iterator[None]:
-    """Refuse, inside the block, any write into ``folders`` (here and in child processes).
-
-    Every brainfm output goes through :func:`write_text_atomic`, :func:`copy_atomic` or
-    :func:`output_lock`, which resolve the destination (symbolic links included) and call
-    :func:`check_writable_path`. The previous setting is restored on exit.
-
-    Parameters
-    ----------
-    folders : sequence of path
-        The input datasets (None entries are skipped).
-    allowed : sequence of path, optional
-        Folders inside an input that may be written all the same: the output dataset at
-        ``bids_dir/derivatives/<name>``, where BIDS puts derivatives.
-    """
-    values = {PROTECTED_ENV: folders, ALLOWED_ENV: allowed}
-    previous = {name: os.environ.get(name) for name in values}
-    for name, paths in values.items():
-        os.environ[name] = os.pathsep.join(str(Path(f).resolve()) for f in paths if f)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def check_writable_path(path: Path) -> None:
-    """Raise :class:`~brainfm.errors.UsageError` when ``path`` resolves into a protected input.
-
-    Parameters
-    ----------
-    path : Path
-        A destination about to be written (it need not exist; symbolic links in its existing
-        part are followed).
-    """
-    protected = [Path(p) for p in os.environ.get(PROTECTED_ENV, "").split(os.pathsep) if p]
-    if not protected:
-        return
-    target = Path(path).resolve()
-    allowed = [Path(p) for p in os.environ.get(ALLOWED_ENV, "").split(os.pathsep) if p]
-    if any(target == root or root in target.parents for root in allowed):
-        return
-    for root in protected:
-        if target == root or root in target.parents:
-            raise UsageError(
-                f"refusing to write {path}: it resolves to {target}, inside the input dataset "
-                f"{root} (a symbolic link in the output or work folder?). brainfm never writes "
-                "into its inputs; remove the link or choose another output folder.")
-
-
 def participant_report_path(output_dir: str | Path, subject: str) -> Path:
     """``output_dir/sub-<label>.html``: the participant's report, and the mark of its completeness.
 
@@ -255,130 +194,6 @@ def incomplete_participants(output_dir: str | Path) -> list[str]:
     root = Path(output_dir)
     return sorted(p.name for p in root.glob("sub-*") if p.is_dir()
                   and not participant_report_path(root, p.name).is_file())
-
-
-def check_output_folder(folder: Path, what: str) -> None:
-    """An output or work folder must be a folder (or creatable) and writable.
-
-    Parameters
-    ----------
-    folder : Path
-        The folder to be written (it need not exist).
-    what : str
-        How the message names it (``output_dir``, ``work dir``).
-
-    Raises
-    ------
-    UsageError
-        It is a file, or it (or its nearest existing parent) is not writable.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{what} {folder} is a file, not a folder; choose a folder")
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {folder} cannot be written ({existing} is not writable); "
-                         "choose a folder you can write to")
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    check_writable_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> Path:
-    """Write a JSON sidecar atomically (sorted keys, 2-space indent)."""
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
-    return write_text_atomic(path, text)
-
-
-def write_tsv_atomic(path: Path, table: pd.DataFrame, *, index: bool = False) -> Path:
-    """Write a table as BIDS TSV (``n/a`` for missing values) atomically."""
-    text = table.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n")
-    return write_text_atomic(path, text)
-
-
-#: Identifier columns kept as text when reading BIDS tables.
-ID_COLUMNS = ("participant_id", "session_id")
-
-
-def read_tsv(path: str | Path) -> pd.DataFrame:
-    """Read a BIDS TSV: ``n/a`` (and empty cells) are missing, ID columns stay text.
-
-    Parameters
-    ----------
-    path : path
-        The file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table; ``participant_id`` and ``session_id`` are strings (``'n/a'`` kept as is).
-
-    Raises
-    ------
-    InputError
-        The file cannot be read or parsed (the message names it).
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, sep="\t", na_values=["n/a", "", "NaN", "nan"],
-                            keep_default_na=False,
-                            dtype={c: str for c in ID_COLUMNS})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(f"cannot read {path}: {err}") from err
-    for col in ID_COLUMNS:
-        if col in table:
-            table[col] = table[col].fillna("n/a").astype(str).str.strip()
-    return table
-
-
-def copy_atomic(source: Path, destination: Path) -> Path:
-    """Copy a file to ``destination`` through a temporary file and an atomic rename."""
-    destination = Path(destination)
-    fd, tmp = _atomic_target(destination)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return destination
-
-
-@contextlib.contextmanager
-def output_lock(output_dir: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on the output dataset while writing shared files."""
-    output_dir = Path(output_dir)
-    check_writable_path(output_dir / ".brainfm.lock")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / ".brainfm.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def bids_version() -> str:

@@ -14,7 +14,6 @@ from benchmark_scripts import load_benchmark
 from sklearn.linear_model import Ridge
 
 from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
-from brainfm.models import train as T
 from brainfm.models.baselines import (
     _centred_blocks,
     connectivity_features,
@@ -22,7 +21,9 @@ from brainfm.models.baselines import (
     nested_kernel_ridge,
     subject_kernel,
 )
-from brainfm.models.data import session_from_arrays
+from brainfm.models.options import TrainOptions
+from brainfm.models.sessions import session_from_arrays
+from brainfm.models.train import finetune, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,7 @@ def test_folds_partition_subjects_and_loso_holds_out_one_site() -> None:
 def seen(monkeypatch) -> dict[str, set[str]]:
     """Spy on pretraining and fine-tuning: the participants each receives (and validates on)."""
     seen: dict[str, set[str]] = {"pretrain": set(), "finetune": set(), "val": set()}
-    real_pretrain, real_finetune = T.pretrain, T.finetune
+    real_pretrain, real_finetune = pretrain, finetune
 
     def spy_pretrain(sessions, *args, **kwargs):
         seen["pretrain"].update(s.participant_id for s in sessions)
@@ -137,15 +138,19 @@ def seen(monkeypatch) -> dict[str, set[str]]:
         assert len(sessions) == len(y)
         return real_finetune(sessions, y, *args, **kwargs)
 
-    monkeypatch.setattr(T, "pretrain", spy_pretrain)
-    monkeypatch.setattr(T, "finetune", spy_finetune)
+    from brainfm.models import stacking
+
+    # patched where they are called: the benchmark's folds and the recipe's members
+    monkeypatch.setattr(acc, "pretrain", spy_pretrain)
+    monkeypatch.setattr(acc, "finetune", spy_finetune)
+    monkeypatch.setattr(stacking, "finetune", spy_finetune)
     return seen
 
 
 def test_a_folds_test_subjects_are_never_seen_in_training(seen) -> None:
     """Spy on pretraining and fine-tuning: neither ever receives a test subject."""
     cohort = _tiny_cohort()
-    opts = T.TrainOptions(**TINY)
+    opts = TrainOptions(**TINY)
     folds = {"kfold": acc.outer_folds(cohort, "kfold", seed=0)[:1]}
     tasks = acc.plan_tasks(folds, {"kfold": ["full", "mlp"]}, opts, pretrain_epochs=1)
     assert len(tasks) == 1 and tasks[0]["variants"] == ["full", "mlp"]
@@ -177,7 +182,7 @@ def test_the_recipe_never_sees_a_test_subject(seen) -> None:
     subjects only; its parts are reported alone; intervals come with every test prediction."""
     cohort = _tiny_cohort()
     folds = {"loso": acc.outer_folds(cohort, "loso", seed=0)[:1]}
-    (task,) = acc.plan_tasks(folds, {"loso": ["recipe"]}, T.TrainOptions(**TINY), 1)
+    (task,) = acc.plan_tasks(folds, {"loso": ["recipe"]}, TrainOptions(**TINY), 1)
     train, test = folds["loso"][0]
     result = acc.train_fold(task, cohort)
     train_ids, test_ids = set(cohort.subjects[train]), set(cohort.subjects[test])

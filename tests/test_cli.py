@@ -82,3 +82,11 @@ def test_relative_model_folder_is_made_absolute_at_parse_time(tmp_path, monkeypa
         args = build_parser().parse_args([str(bids), str(tmp_path / "out"), "participant",
                                           "--model", keyword])
         assert from_args(args).model == keyword
+
+
+def test_nprocs_zero_uses_the_cpus_this_process_may_run_on(monkeypatch):
+    from brainfm.bidsapp import config
+
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 64)
+    assert config.available_cpus() == 3

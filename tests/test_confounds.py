@@ -13,12 +13,12 @@ import pytest
 from nilearn.interfaces.fmriprep import load_confounds
 
 from brainfm.errors import InputError, UsageError
-from brainfm.processing.censoring import (
+from brainfm.postproc.censoring import (
     censoring_mask,
     count_non_steady_state,
     outliers_table,
 )
-from brainfm.processing.confounds import (
+from brainfm.postproc.confounds import (
     MOTION_PARAMS,
     band_pass,
     get_strategy,
@@ -189,7 +189,7 @@ def test_count_non_steady_state():
 
 
 def test_strategy_matches_what_a_model_was_trained_on():
-    from brainfm.processing.confounds import strategy_matches
+    from brainfm.postproc.confounds import strategy_matches
 
     # brainfm's pcp strategy reproduces the processing of imported ABIDE PCP data
     assert strategy_matches("pcp-cpac-filt_global", "pcp")

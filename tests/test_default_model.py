@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from brainfm.bidsapp.cli import main
-from brainfm.derivatives import read_tsv
+from brainfm.fileio import read_tsv
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir, sha256_file
-from brainfm.processing.confounds import strategy_matches
+from brainfm.postproc.confounds import strategy_matches
 from brainfm.testdata import make_dataset
 
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from brainfm.errors import InputError, UsageError
-from brainfm.processing.confounds import MOTION_PARAMS
-from brainfm.processing.connectivity import fisher_z, pearson_connectivity
-from brainfm.processing.denoise import (
+from brainfm.postproc.confounds import MOTION_PARAMS
+from brainfm.postproc.connectivity import fisher_z, pearson_connectivity
+from brainfm.postproc.denoise import (
     DenoiseResult,
     denoise_roi_signals,
     signal_exclusion,

@@ -8,12 +8,8 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from brainfm.derivatives import (
-    BIDSIGNORE_PATTERNS,
-    build_name,
-    init_output_dataset,
-    write_tsv_atomic,
-)
+from brainfm.derivatives import BIDSIGNORE_PATTERNS, build_name, init_output_dataset
+from brainfm.fileio import write_tsv_atomic
 
 
 def test_build_name_orders_entities_and_skips_empty():

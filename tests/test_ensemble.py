@@ -12,7 +12,6 @@ from toy_cohort import ROIS, TINY, make_toy_cohort
 
 from brainfm.errors import InputError
 from brainfm.models import stacking as S
-from brainfm.models import train as T
 from brainfm.models.baselines import (
     correlation_features,
     fit_primal_ridge,
@@ -21,9 +20,12 @@ from brainfm.models.baselines import (
 )
 from brainfm.models.checkpoint import CheckpointError, load_checkpoint
 from brainfm.models.cli import main
-from brainfm.models.data import TargetSpec, load_participants, target_matrix
 from brainfm.models.ensemble import INTERVAL_LEVELS, BrainFMEnsemble, interval_columns
+from brainfm.models.options import TrainOptions
 from brainfm.models.predict import predict_subject
+from brainfm.models.runs import load_cohort
+from brainfm.models.runtime import setup
+from brainfm.models.targets import TargetSpec, load_participants, target_matrix
 
 TARGETS = [TargetSpec("age", "age"), TargetSpec("score", "score")]
 
@@ -93,18 +95,18 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _opts(**kw: object) -> T.TrainOptions:
+def _opts(**kw: object) -> TrainOptions:
     base = {"atlas": "Toy", "epochs": 2, "batch_size": 16, "lr": 3e-3, "patience": 50,
             "seed": 0, "threads": 1, "model": dict(TINY)}
     base.update(kw)
-    return T.TrainOptions(**base)  # type: ignore[arg-type]
+    return TrainOptions(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def fitted(toy: Path) -> tuple:
     opts = _opts()
-    ctx = T.setup(opts)
-    sessions = T.load_cohort([toy], opts)
+    ctx = setup(opts)
+    sessions = load_cohort([toy], opts)
     frame = load_participants(toy / "participants.tsv")
     pids = [s.participant_id for s in sessions]
     y = target_matrix(frame, pids, TARGETS, "participants.tsv")

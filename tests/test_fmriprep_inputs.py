@@ -146,7 +146,7 @@ def test_dummy_scans_auto_counts_fmriprep_non_steady_state_columns(
 
     import pandas as pd
 
-    from brainfm.processing.censoring import resolve_dummy_scans
+    from brainfm.postproc.censoring import resolve_dummy_scans
 
     shutil.copytree(base, tmp_path / "ds")
     bids = tmp_path / "ds" / "bids"

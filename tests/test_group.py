@@ -22,16 +22,11 @@ from brainfm.bidsapp.group import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
-    compute_group,
     run_group_level,
 )
-from brainfm.derivatives import (
-    init_output_dataset,
-    participant_report_path,
-    write_json_atomic,
-    write_tsv_atomic,
-)
+from brainfm.derivatives import init_output_dataset, participant_report_path
 from brainfm.errors import InputError, UsageError
+from brainfm.fileio import write_json_atomic, write_tsv_atomic
 from brainfm.group.brainage import (
     apply_bias_correction,
     cross_validated_bias_correction,
@@ -39,7 +34,8 @@ from brainfm.group.brainage import (
     fold_assignment,
 )
 from brainfm.group.metrics import regression_metrics
-from brainfm.outputs import copy_atlases
+from brainfm.group.result import compute_group
+from brainfm.participant_outputs import copy_atlases
 
 #: Planted bias of the fixture's predicted age: age_pred = SLOPE * age + INTERCEPT + noise.
 SLOPE, INTERCEPT = 0.6, 14.0

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from brainfm.importers.cli import main
-from brainfm.models.data import load_participants, parse_target_spec, target_matrix
+from brainfm.models.targets import load_participants, parse_target_spec, target_matrix
 
 PEOPLE = [("CC110033", 24.0, "MALE", 38), ("CC120065", 31.0, "FEMALE", 35),
           ("CC520097", 63.0, "FEMALE", 27), ("CC710982", 84.0, "MALE", None)]

@@ -12,7 +12,9 @@ from fake_pcp import N_ROIS, make_fake_pcp
 from brainfm.errors import InputError, UsageError
 from brainfm.importers.cli import main
 from brainfm.importers.pcp import SITE_REPETITION_TIME, import_pcp, parse_tr_overrides
-from brainfm.models.data import find_timeseries, load_participants, load_sessions
+from brainfm.models.sessions import load_sessions
+from brainfm.models.targets import load_participants
+from brainfm.models.timeseries import find_timeseries
 
 
 @pytest.mark.parametrize("archive", [False, True])

@@ -12,7 +12,7 @@ from nilearn.image import resample_img
 
 from brainfm.atlases import custom_atlas, get_atlas
 from brainfm.errors import InputError, UsageError
-from brainfm.processing.parcellate import ParcelSignals, extract_roi_signals
+from brainfm.postproc.parcellate import ParcelSignals, extract_roi_signals
 
 N_VOLS = 40
 
@@ -203,7 +203,7 @@ def test_streamed_extraction_matches_a_whole_array_reference(tmp_path, monkeypat
     """Blocks of 3 volumes (so every code path streams), several atlases, constant and
     non-finite voxels, scaled integer storage and memory-mapped .nii: the streamed means equal
     a whole-array nibabel + numpy reference within 1e-5 (relative)."""
-    from brainfm.processing import nifti_stream
+    from brainfm.postproc import nifti_stream
 
     rng = np.random.default_rng(7)
     shape = (6, 5, 4)

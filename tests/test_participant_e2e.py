@@ -14,8 +14,8 @@ from output_tree import output_tree
 
 from brainfm.atlases import get_atlas
 from brainfm.bidsapp.cli import main
-from brainfm.processing.denoise import denoise_roi_signals
-from brainfm.processing.parcellate import extract_roi_signals
+from brainfm.postproc.denoise import denoise_roi_signals
+from brainfm.postproc.parcellate import extract_roi_signals
 from brainfm.testdata import make_dataset
 
 pytestmark = pytest.mark.slow

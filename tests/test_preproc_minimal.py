@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 
 from brainfm.atlases import get_atlas
-from brainfm.bidsapp.collect import collect_runs
+from brainfm.bidsapp.inputs import collect_runs
 from brainfm.errors import InputError, NothingSelectedError, UsageError
+from brainfm.postproc.confounds import list_strategies, select_confounds
+from brainfm.postproc.parcellate import extract_roi_signals
 from brainfm.preproc.confounds import dvars, expand
-from brainfm.preproc.derivatives import GENERATED_BY
 from brainfm.preproc.inputs import check_raw_bold, collect_raw_runs, find_raw_bold
+from brainfm.preproc.outputs import GENERATED_BY
 from brainfm.preproc.realign import (
     MOTION_COLUMNS,
     estimate_motion,
@@ -38,8 +40,6 @@ from brainfm.preproc.templates import (
     template_t1w_file,
     template_tissue_mask,
 )
-from brainfm.processing.confounds import list_strategies, select_confounds
-from brainfm.processing.parcellate import extract_roi_signals
 from brainfm.testdata.native import NativeDatasetTruth, make_native_dataset
 from brainfm.workflows.preproc import run_minimal_preproc
 

@@ -14,8 +14,7 @@ from test_group import make_config, write_group_fixture
 
 from brainfm.bidsapp.group import REPORT_FILE, run_group_level
 from brainfm.errors import InputError
-from brainfm.interfaces.parcellate import save_parcel_signals
-from brainfm.processing.parcellate import ParcelSignals
+from brainfm.postproc.parcellate import ParcelSignals, save_parcel_signals
 from brainfm.reports import Section, html_table, render_page
 from brainfm.reports import figures as F
 from brainfm.reports.participant_report import participant_report, run_key

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from brainfm.errors import InputError, UsageError
+from brainfm.preproc.realign import MOTION_COLUMNS
 from brainfm.testdata import DatasetTruth, make_dataset
 from brainfm.testdata.cli import main as cli_main
-from brainfm.testdata.motion import MOTION_COLUMNS
 
 N_VOL = 120
 SPACE = "MNI152NLin6Asym"

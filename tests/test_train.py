@@ -17,18 +17,17 @@ import torch
 from toy_cohort import N_ROIS, ROIS, TINY, make_toy_cohort
 
 from brainfm.errors import UsageError
-from brainfm.models import train as T
 from brainfm.models.checkpoint import load_checkpoint
 from brainfm.models.cli import main
-from brainfm.models.data import (
-    TargetSpec,
-    find_timeseries,
-    load_participants,
-    load_sessions,
-    target_matrix,
-)
+from brainfm.models.loop import make_config, regression_metrics, split_subjects
 from brainfm.models.model import BrainFM
+from brainfm.models.options import TrainOptions
 from brainfm.models.predict import predict_subject
+from brainfm.models.runtime import setup, state_hash
+from brainfm.models.sessions import load_sessions
+from brainfm.models.targets import TargetSpec, load_participants, target_matrix
+from brainfm.models.timeseries import find_timeseries
+from brainfm.models.train import finetune, load_encoder, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,11 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _opts(**kw: object) -> T.TrainOptions:
+def _opts(**kw: object) -> TrainOptions:
     base = {"atlas": "Toy", "epochs": 3, "batch_size": 16, "lr": 3e-3, "patience": 50,
             "val_fraction": 0.2, "seed": 0, "model": dict(TINY)}
     base.update(kw)
-    return T.TrainOptions(**base)  # type: ignore[arg-type]
+    return TrainOptions(**base)  # type: ignore[arg-type]
 
 
 def test_finetune_learns_planted_connectivity_signal(toy: Path, tmp_path: Path) -> None:
@@ -51,8 +50,8 @@ def test_finetune_learns_planted_connectivity_signal(toy: Path, tmp_path: Path) 
     specs = [TargetSpec("age", "age")]
     y = target_matrix(frame, [s.participant_id for s in sessions], specs)
     opts = _opts(epochs=25)
-    ctx = T.setup(opts)
-    model, scaler, info = T.finetune(sessions, y, specs, opts, ctx)
+    ctx = setup(opts)
+    model, scaler, info = finetune(sessions, y, specs, opts, ctx)
     val = info["metrics"]["age"]
     assert val["n"] >= 10
     assert val["mae"] < 0.8 * val["mae_training_mean"], val
@@ -77,33 +76,33 @@ def test_training_is_deterministic(toy: Path) -> None:
     hashes = []
     for seed in (3, 3, 4):
         opts = _opts(epochs=2, seed=seed)
-        model, _, _ = T.finetune(sessions, y, specs, opts, T.setup(opts))
-        hashes.append(T.state_hash(model))
+        model, _, _ = finetune(sessions, y, specs, opts, setup(opts))
+        hashes.append(state_hash(model))
     assert hashes[0] == hashes[1] != hashes[2]
     pre_hashes = []
     for _ in range(2):
         opts = _opts(epochs=1, seed=5)
-        model, _ = T.pretrain(sessions, opts, T.setup(opts))
-        pre_hashes.append(T.state_hash(model))
+        model, _ = pretrain(sessions, opts, setup(opts))
+        pre_hashes.append(state_hash(model))
     assert pre_hashes[0] == pre_hashes[1]
 
 
 def test_load_encoder_checks_architecture(toy: Path) -> None:
     sessions = load_sessions(find_timeseries(toy, "Toy"))[:12]
     opts = _opts(epochs=1)
-    pre, info = T.pretrain(sessions, opts, T.setup(opts))
+    pre, info = pretrain(sessions, opts, setup(opts))
     assert "val_reconstruction_loss" in info["metrics"]
-    cfg = T.make_config(N_ROIS, ["age"], opts, base=pre.config)
+    cfg = make_config(N_ROIS, ["age"], opts, base=pre.config)
     model = BrainFM(cfg)
-    T.load_encoder(model, pre)
+    load_encoder(model, pre)
     for key, value in pre.state_dict().items():
         if key.startswith("encoder."):
             assert torch.equal(model.state_dict()[key], value)
-    wider = T.make_config(N_ROIS, ["age"], _opts(model={**TINY, "enc_dim": 8}))
+    wider = make_config(N_ROIS, ["age"], _opts(model={**TINY, "enc_dim": 8}))
     with pytest.raises(UsageError, match="does not match"):
-        T.load_encoder(BrainFM(wider), pre)
+        load_encoder(BrainFM(wider), pre)
     with pytest.raises(UsageError, match="unknown model option"):
-        T.make_config(N_ROIS, ["age"], _opts(model={"d_modle": 3}))
+        make_config(N_ROIS, ["age"], _opts(model={"d_modle": 3}))
 
 
 @pytest.mark.slow
@@ -128,10 +127,10 @@ def test_torchrun_two_processes(toy: Path, tmp_path: Path) -> None:
 
 def test_split_and_metrics() -> None:
     ids = ["a", "a", "b", "c", "d", "e", "f", "g", "h", "i"]
-    tr, va = T.split_subjects(ids, 0.25, seed=0)
+    tr, va = split_subjects(ids, 0.25, seed=0)
     assert sorted(np.concatenate([tr, va]).tolist()) == list(range(10))
     assert {ids[i] for i in tr}.isdisjoint({ids[i] for i in va}) and va.size >= 1
-    m = T.regression_metrics(np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.0, 2.0, 4.0, 5.0]))
+    m = regression_metrics(np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.0, 2.0, 4.0, 5.0]))
     assert m["n"] == 3 and m["mae"] == pytest.approx(1 / 3) and m["r"] > 0.9
 
 
@@ -181,7 +180,7 @@ def test_predict_subject_shapes(toy: Path) -> None:
     specs = [TargetSpec("age", "age")]
     y = target_matrix(frame, [s.participant_id for s in sessions], specs)
     opts = _opts(epochs=1)
-    model, scaler, _ = T.finetune(sessions, y, specs, opts, T.setup(opts))
+    model, scaler, _ = finetune(sessions, y, specs, opts, setup(opts))
     card = {"window": TINY["window"], "sampling_rate_hz": 0.5, "roi_names": ROIS,
             "targets": [{"name": "age", "column": "age", "mean": float(scaler.mean[0]),
                          "std": float(scaler.std[0])}]}
@@ -255,15 +254,15 @@ def test_real_abide_age_beats_training_mean(abide_dir: Path, tmp_path: Path,
                                  stratify=frame["site"])
     train_ids, test_ids = train_test_split(subset, test_size=0.25, random_state=0,
                                            stratify=frame.loc[subset, "site"])
-    opts = T.TrainOptions(atlas="CC200", **REAL_OPTIONS)  # type: ignore[arg-type]
+    opts = TrainOptions(atlas="CC200", **REAL_OPTIONS)  # type: ignore[arg-type]
     threads = torch.get_num_threads()
     try:
-        ctx = T.setup(opts)
+        ctx = setup(opts)
         start = time.perf_counter()
         train_sessions = load_sessions(find_timeseries(deriv, "CC200", participants=train_ids))
         specs = [TargetSpec("age", "age")]
         y = target_matrix(frame, [s.participant_id for s in train_sessions], specs)
-        model, scaler, _info = T.finetune(train_sessions, y, specs, opts, ctx)
+        model, scaler, _info = finetune(train_sessions, y, specs, opts, ctx)
         seconds = time.perf_counter() - start
         card = {"window": model.config.window, "sampling_rate_hz": 0.5,
                 "roi_names": train_sessions[0].roi_names,

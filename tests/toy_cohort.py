@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainfm.models.data import write_timeseries
+from brainfm.models.timeseries import write_timeseries
 
 N_ROIS = 16
 ROIS = [f"R{i:02d}" for i in range(N_ROIS)]

@@ -18,7 +18,7 @@ from brainfm.logs import add_verbose_option, setup_logging  # noqa: E402
 PROG = "brainfm"
 LOGGER = logging.getLogger("brainfm")
 
-#: Denoising strategies offered on the command line (see brainfm.processing.confounds).
+#: Denoising strategies offered on the command line (see brainfm.postproc.confounds).
 STRATEGY_CHOICES = ("pcp", "24P", "36P", "acompcor", "none")
 
 
@@ -28,7 +28,7 @@ def _float_or_none(text: str) -> float | None:
 
 def _strategy_argument(value: str) -> str:
     """A built-in strategy's name, or a strategy file made absolute now (nodes run elsewhere)."""
-    from brainfm.processing.confounds import is_strategy_file
+    from brainfm.postproc.confounds import is_strategy_file
 
     if is_strategy_file(value):
         path = os.path.abspath(value)
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop every participant at the first failure (default: the other "
                            "participants finish, and the failed ones are named at the end)")
     perf.add_argument("--nprocs", "--n-cpus", "--nthreads", type=int, default=0,
-                      help="parallel processes (0: all CPUs)")
+                      help="parallel processes (0: every CPU this job may use, e.g. its "
+                           "SLURM or container allocation)")
     perf.add_argument("--omp-nthreads", type=int, default=1,
                       help="threads per process for numerical libraries")
     perf.add_argument("--use-plugin", metavar="YAML",
@@ -209,7 +210,7 @@ def _defaults_from_record(parser: argparse.ArgumentParser, path: str) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from brainfm.bidsapp.config import from_args
-    from brainfm.derivatives import protected_inputs
+    from brainfm.fileio import protected_inputs
 
     config = from_args(args)
     _limit_threads(config.omp_nthreads)

@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainfm.derivatives import check_output_folder
+from brainfm.derivatives import strip_prefix
 from brainfm.errors import InputError, UsageError
+from brainfm.fileio import check_output_folder
 
 
 @dataclass
@@ -65,12 +66,19 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (what SLURM and cgroup cpusets grant),
+    not the machine's count, which ``os.cpu_count`` gives."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 def _strip_prefix(labels: list[str] | None, prefix: str) -> list[str]:
     out = []
     for label in labels or []:
-        label = label.strip()
-        if label.startswith(prefix):
-            label = label[len(prefix):]
+        label = strip_prefix(label, prefix)
         if not label.isalnum():
             raise UsageError(f"invalid label '{label}': BIDS labels are alphanumeric")
         out.append(label)
@@ -184,7 +192,7 @@ def load_plugin_settings(path: str | Path) -> tuple[str, dict[str, Any]]:
 def check_links_into_inputs(folder: Path, inputs: list[Path], depth: int = 3) -> None:
     """Refuse symbolic links in the top levels of ``folder`` that lead into an input dataset.
 
-    The writers check every destination as well (:func:`brainfm.derivatives.check_writable_path`);
+    The writers check every destination as well (:func:`brainfm.fileio.check_writable_path`);
     this finds such links before any work.
 
     Raises
@@ -271,7 +279,7 @@ def from_args(args: Any) -> Config:
         raise UsageError("--min-coverage is a fraction between 0 and 1")
     if args.dummy_scans != "auto" and args.dummy_scans < 0:
         raise UsageError("--dummy-scans must not be negative")
-    nprocs = args.nprocs or os.cpu_count() or 1
+    nprocs = args.nprocs or available_cpus()
     plugin, plugin_args = load_plugin_settings(args.use_plugin) if args.use_plugin else (None, {})
     return Config(
         bids_dir=bids_dir,

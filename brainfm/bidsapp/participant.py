@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import Any
 
 from brainfm.atlas_spaces import place_atlases
 from brainfm.atlases import Atlas
-from brainfm.bidsapp.collect import collect_runs
 from brainfm.bidsapp.config import Config
+from brainfm.bidsapp.inputs import collect_runs
 from brainfm.bidsapp.preflight import check_runs
 from brainfm.bidsapp.records import (
     RunLog,
@@ -23,31 +22,14 @@ from brainfm.bidsapp.records import (
     write_run_config,
 )
 from brainfm.bidsapp.validation import validate_bids
-from brainfm.derivatives import (
-    ATLAS_DATASET,
-    init_output_dataset,
-    read_tsv,
-    write_text_atomic,
-)
-from brainfm.errors import BrainfmError, ProcessingError, UsageError, interrupted
-from brainfm.outputs import copy_atlases
-from brainfm.processing.confounds import get_strategy
+from brainfm.derivatives import ATLAS_DATASET, init_output_dataset
+from brainfm.errors import BrainfmError, UsageError, interrupted
+from brainfm.fileio import read_tsv, write_text_atomic
+from brainfm.participant_outputs import copy_atlases
+from brainfm.postproc.confounds import get_strategy
+from brainfm.workflows.crashes import combined_error, failures_from_crashfiles
 
 LOGGER = logging.getLogger("brainfm")
-
-_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?(\w+Error): (.*)$")
-
-
-def _error_classes() -> dict[str, type[BrainfmError]]:
-    """Every BrainfmError subclass known now (subclasses of subclasses too), by name."""
-    found: dict[str, type[BrainfmError]] = {}
-    todo = [BrainfmError]
-    while todo:
-        cls = todo.pop()
-        found[cls.__name__] = cls
-        todo.extend(cls.__subclasses__())
-    return found
-
 
 def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, str | None]:
     """Find the model and check its card against the run's atlases and denoising.
@@ -72,7 +54,7 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
         return None, None
     from brainfm.atlases import get_atlas
     from brainfm.models.checkpoint import CheckpointError, load_checkpoint, resolve_model_dir
-    from brainfm.processing.confounds import strategy_matches
+    from brainfm.postproc.confounds import strategy_matches
 
     try:
         folder = resolve_model_dir(config.model)
@@ -174,63 +156,6 @@ def workflow_settings(config: Config) -> dict:
     }
 
 
-def error_from_crashfile(crashfile: Path) -> tuple[str | None, BrainfmError]:
-    """The participant and the brainfm error of one nipype crash file.
-
-    A node that raised a :class:`BrainfmError` keeps its class (and so its exit code) and its
-    message; any other failure becomes a :class:`ProcessingError` naming the failing node.
-    """
-    text = crashfile.read_text(errors="replace")
-    node = re.search(r"^Node: (.+)$", text, flags=re.MULTILINE)
-    node_name = node.group(1).strip() if node else crashfile.name
-    subject = re.search(r"single_subject_([A-Za-z0-9]+)_wf", node_name)
-    classes = _error_classes()
-    matches = [_ERROR_LINE.match(line.strip()) for line in text.splitlines()]
-    matches = [m for m in matches if m and m.group(1) in classes]
-    if matches:
-        cls = classes[matches[-1].group(1)]
-        error = cls(f"{matches[-1].group(2)} (node {node_name}; details: {crashfile})")
-    else:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        error = ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfile})")
-    return (subject.group(1) if subject else None), error
-
-
-def failures_from_crashfiles(crash_dir: Path, since: float) -> dict[str | None, BrainfmError]:
-    """The first error of each participant among the crash files written since ``since``.
-
-    Each is logged as an ERROR; a failure outside any participant is keyed ``None``.
-    """
-    crashfiles = sorted(p for p in Path(crash_dir).glob("crash-*.txt")
-                        if p.stat().st_mtime >= since - 1)
-    if not crashfiles:
-        return {None: ProcessingError(f"the workflow failed; see the log above and {crash_dir}")}
-    failed: dict[str | None, BrainfmError] = {}
-    for crashfile in crashfiles:
-        subject, error = error_from_crashfile(crashfile)
-        if subject not in failed:
-            failed[subject] = error
-            LOGGER.error("%s failed: %s", f"sub-{subject}" if subject else "the workflow", error)
-    return failed
-
-
-def combined_error(failed: dict[str | None, BrainfmError], n_participants: int) -> BrainfmError:
-    """One error for the participants that failed (the others finished).
-
-    A single failure keeps its class (and exit code) and message; several give a
-    :class:`ProcessingError` (exit 1) naming each participant.
-    """
-    finished = n_participants - len(failed)
-    if len(failed) == 1:
-        subject, error = next(iter(failed.items()))
-        if subject is None or n_participants == 1:
-            return error
-        return type(error)(f"sub-{subject}: {error} ({finished} other participant(s) finished)")
-    names = ", ".join(f"sub-{s}" if s else "the workflow" for s in failed)
-    return ProcessingError(f"{len(failed)} of {n_participants} participants failed: {names} "
-                           f"(each reason is logged above); {finished} finished")
-
-
 def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
     """Quiet nipype unless -v; its loggers keep their own handler (no duplicate lines).
 
@@ -281,8 +206,8 @@ def run_participant_level(config: Config) -> None:
         With the exit code of the problem (bad usage, missing input, invalid BIDS, nothing
         selected, processing failure).
     """
-    from brainfm.interfaces.parcellate import resolve_atlases
-    from brainfm.processing.confounds import band_pass
+    from brainfm.atlases import resolve_atlases
+    from brainfm.postproc.confounds import band_pass
 
     atlases = resolve_atlases(config.atlases, config.atlas_file, config.atlas_labels,
                               config.atlas_name)

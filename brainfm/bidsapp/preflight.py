@@ -1,6 +1,6 @@
 """Check every selected run against the options before any work is done.
 
-:func:`~brainfm.bidsapp.collect.collect_runs` has checked each run's files (headers, rows,
+:func:`~brainfm.bidsapp.inputs.collect_runs` has checked each run's files (headers, rows,
 repetition time); this checks what the options ask of them (the strategy's confound columns,
 the FD column for censoring, the band-pass against each run's Nyquist frequency) with the same
 function the denoising node uses, so that bad input fails before shared outputs are written.
@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from brainfm.bidsapp.collect import BoldRun
-from brainfm.derivatives import read_tsv
+from brainfm.bidsapp.inputs import BoldRun
 from brainfm.errors import BrainfmError, InputError
-from brainfm.processing.censoring import resolve_dummy_scans
-from brainfm.processing.denoise import check_run_inputs
+from brainfm.fileio import read_tsv
+from brainfm.postproc.censoring import resolve_dummy_scans
+from brainfm.postproc.denoise import check_run_inputs
 
 LOGGER = logging.getLogger("brainfm.preflight")
 

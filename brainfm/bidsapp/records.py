@@ -25,8 +25,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from brainfm import __version__
-from brainfm.derivatives import write_text_atomic
 from brainfm.errors import UsageError
+from brainfm.fileio import write_text_atomic
 
 #: Options not recorded: the positional arguments and the record's own options.
 NOT_RECORDED = ("bids_dir", "output_dir", "analysis_level", "config_file", "boilerplate_only",
@@ -130,7 +130,7 @@ def methods_boilerplate(options: Mapping[str, Any], atlases: list[Any], strategy
     atlases : list of Atlas
         The atlases placed in the BOLD's space (name, space, citation, transform).
     strategy : Strategy
-        The denoising strategy (:func:`brainfm.processing.confounds.get_strategy`).
+        The denoising strategy (:func:`brainfm.postproc.confounds.get_strategy`).
     model_card : mapping, optional
         The model's card when predictions are made.
 
@@ -141,7 +141,7 @@ def methods_boilerplate(options: Mapping[str, Any], atlases: list[Any], strategy
     """
     import nilearn
 
-    from brainfm.processing.confounds import band_pass
+    from brainfm.postproc.confounds import band_pass
 
     low, high = band_pass(options["nuisance_regressors"], options.get("lower_bpf"),
                           options.get("upper_bpf"))

@@ -1,9 +1,11 @@
 """Group level: aggregate participant-level outputs, brain-age gap, bias correction, metrics.
 
-Plain functions over tables (no workflow engine): :mod:`~brainfm.group.collect` reads the output
-dataset, :mod:`~brainfm.group.brainage` computes the brain-age gap and its bias correction,
-:mod:`~brainfm.group.metrics` the accuracy metrics. :func:`brainfm.bidsapp.group.run_group_level`
-puts them together and writes the group outputs.
+Plain functions over tables (no workflow engine): :mod:`~brainfm.group.read_outputs` reads the
+output dataset, :mod:`~brainfm.group.brainage` computes the brain-age gap and its bias correction,
+:mod:`~brainfm.group.metrics` the accuracy metrics, :mod:`~brainfm.group.table` merges them into
+the group table and :mod:`~brainfm.group.result` computes everything in memory
+(:func:`~brainfm.group.result.compute_group`); :func:`brainfm.bidsapp.group.run_group_level`
+writes the group outputs.
 """
 
 from brainfm.group.brainage import (
@@ -13,15 +15,10 @@ from brainfm.group.brainage import (
     cross_validated_bias_correction,
     fit_bias_correction,
 )
-from brainfm.group.collect import (
-    ExpertWeights,
-    find_prediction_files,
-    read_expert_weights,
-    read_participants,
-    read_predictions,
-    read_run_qc,
-)
+from brainfm.group.experts import ExpertWeights, read_expert_weights
 from brainfm.group.metrics import pearson_r, regression_metrics
+from brainfm.group.participants import read_participants
+from brainfm.group.read_outputs import find_prediction_files, read_predictions, read_run_qc
 
 __all__ = [
     "BIAS_METHODS",

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import write_json_atomic, write_tsv_atomic
 from brainfm.errors import InputError, UsageError
+from brainfm.fileio import write_json_atomic, write_tsv_atomic
 from brainfm.importers.phenotype import cell_number
 
 LOGGER = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from brainfm import __version__
-from brainfm.derivatives import check_output_folder
 from brainfm.errors import InputError, ProcessingError, UsageError
+from brainfm.fileio import check_output_folder
 from brainfm.importers.phenotype import check_pcp_phenotype
 
 LOGGER = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.derivatives import read_tsv
-from brainfm.interfaces.parcellate import load_parcel_signals
-from brainfm.processing.censoring import resolve_dummy_scans
-from brainfm.processing.connectivity import pearson_connectivity
-from brainfm.processing.denoise import denoise_roi_signals, signal_exclusion
+from brainfm.fileio import read_tsv
+from brainfm.postproc.censoring import resolve_dummy_scans
+from brainfm.postproc.connectivity import pearson_connectivity
+from brainfm.postproc.denoise import denoise_roi_signals, signal_exclusion
+from brainfm.postproc.parcellate import load_parcel_signals
 
 MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                   "framewise_displacement"]

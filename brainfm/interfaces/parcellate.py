@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,55 +14,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.atlases import Atlas, custom_atlas, get_atlas
-from brainfm.processing.parcellate import ParcelSignals, extract_roi_signals
-
-
-def resolve_atlases(names: list[str], atlas_file: str | Path | None = None,
-                    atlas_labels: str | Path | None = None,
-                    atlas_name: str = "Custom") -> list[Atlas]:
-    """Resolve bundled/TemplateFlow atlas names plus an optional user atlas.
-
-    Parameters
-    ----------
-    names : list of str
-        Atlas names (``CC200``, ``Schaefer2018-400`` ...).
-    atlas_file, atlas_labels : path, optional
-        A user atlas: a 3-D label image in the BOLD's standard space and its ``index``/``name``
-        table.
-    atlas_name : str
-        The BIDS ``atlas-`` label of the user atlas.
-    """
-    atlases = [get_atlas(name) for name in names]
-    if atlas_file:
-        atlases.append(custom_atlas(atlas_file, atlas_labels, atlas_name))
-    return atlases
-
-
-def save_parcel_signals(path: Path, signals: dict[str, ParcelSignals]) -> Path:
-    """Store extracted signals of several atlases in one ``.npz`` (no pickled objects)."""
-    arrays: dict[str, np.ndarray] = {"atlases": np.array(sorted(signals), dtype=str)}
-    for label, sig in signals.items():
-        arrays[f"{label}__timeseries"] = np.asarray(sig.timeseries, dtype=np.float64)
-        arrays[f"{label}__roi_names"] = np.array(sig.roi_names, dtype=str)
-        arrays[f"{label}__coverage"] = np.asarray(sig.coverage, dtype=np.float64)
-        arrays[f"{label}__low_coverage"] = np.array(sig.low_coverage, dtype=str)
-    np.savez(path, **arrays)
-    return path
-
-
-def load_parcel_signals(path: str | Path) -> dict[str, ParcelSignals]:
-    """Read signals written by :func:`save_parcel_signals`."""
-    with np.load(path, allow_pickle=False) as data:
-        return {
-            str(label): ParcelSignals(
-                timeseries=data[f"{label}__timeseries"],
-                roi_names=[str(n) for n in data[f"{label}__roi_names"]],
-                coverage=data[f"{label}__coverage"],
-                low_coverage=[str(n) for n in data[f"{label}__low_coverage"]],
-            )
-            for label in data["atlases"]
-        }
+from brainfm.atlases import resolve_atlases
+from brainfm.postproc.parcellate import extract_roi_signals, save_parcel_signals
 
 
 class _ExtractInputSpec(BaseInterfaceInputSpec):

@@ -16,14 +16,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.derivatives import (
-    build_name,
-    read_tsv,
-    subject_func_dir,
-    write_json_atomic,
-    write_tsv_atomic,
-)
+from brainfm.derivatives import build_name, subject_func_dir
 from brainfm.errors import InputError
+from brainfm.fileio import read_tsv, write_json_atomic, write_tsv_atomic
 
 
 def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:

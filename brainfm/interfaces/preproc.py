@@ -22,7 +22,7 @@ from nipype.interfaces.base import (
 )
 
 from brainfm.errors import ProcessingError
-from brainfm.preproc.derivatives import write_dataset_description, write_run_derivatives
+from brainfm.preproc.outputs import write_dataset_description, write_run_derivatives
 from brainfm.preproc.steps import (
     REALIGN_LOOPS,
     REALIGN_MAXITER,

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..fileio import write_atomic
 from .ensemble import BrainFMEnsemble, check_spec
 from .model import BrainFM, BrainFMConfig
 
@@ -93,19 +93,6 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"model card value {obj!r} of type {type(obj).__name__} is not JSON-ready")
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a shared model must be readable by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _brainfm_version() -> str:
     from .. import __version__
 
@@ -139,8 +126,7 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEns
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
-    _atomic_write_bytes(weights, lambda p: save_file(state, str(p),
-                                                     metadata={"format": "pt"}))
+    write_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     full = dict(card)
     if isinstance(model, BrainFMEnsemble):
         full["ensemble"] = model.spec
@@ -154,7 +140,7 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEns
         "format_version": FORMAT_VERSION if isinstance(model, BrainFMEnsemble) else 1,
     })
     text = json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(out / CARD_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    write_atomic(out / CARD_FILE, lambda p: p.write_text(text, encoding="utf-8"))
     return out
 
 

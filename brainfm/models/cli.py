@@ -241,7 +241,7 @@ def load_options(path: Path) -> Any:
 
 
 def _options(values: dict[str, Any]) -> Any:
-    from brainfm.models.train import TrainOptions
+    from brainfm.models.options import TrainOptions
 
     opts = TrainOptions()
     model: dict[str, Any] = {}
@@ -298,14 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_command(PROG, lambda: _run(args))
     finally:
-        from brainfm.models.train import teardown
+        from brainfm.models.runtime import teardown
 
         teardown()
 
 
 def _run(args: argparse.Namespace) -> int:
-    from brainfm.models import train
-    from brainfm.models.data import parse_target_spec
+    from brainfm.models.cross_validation import run_cv
+    from brainfm.models.runs import run_finetune, run_predict, run_pretrain
+    from brainfm.models.targets import parse_target_spec
 
     for path in getattr(args, "deriv", []):
         if not path.is_dir():
@@ -317,7 +318,7 @@ def _run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        train.run_predict(args.model, args.deriv, args.output, device=args.device,
+        run_predict(args.model, args.deriv, args.output, device=args.device,
                           participants=args.participant_label, stride=args.stride)
         return 0
     values: dict[str, Any] = {}
@@ -330,9 +331,9 @@ def _run(args: argparse.Namespace) -> int:
     specs = [parse_target_spec(t) for t in values.get("targets") or []]
     ptsv = values.get("participants_tsv")
     if args.command == "pretrain":
-        train.run_pretrain(args.deriv, args.output, opts)
+        run_pretrain(args.deriv, args.output, opts)
     elif args.command == "finetune":
-        train.run_finetune(args.deriv, args.output, specs, opts, init=values.get("init"),
+        run_finetune(args.deriv, args.output, specs, opts, init=values.get("init"),
                            participants_tsv=ptsv)
     elif args.command == "ensemble":
         from brainfm.models.stacking import RecipeOptions, run_ensemble
@@ -347,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         group = values.get("group_by", "site")
         group = None if group is None or str(group).lower() == "none" else str(group)
-        train.run_cv(args.deriv, args.output, specs, opts, n_folds=int(values.get("folds", 5)),
+        run_cv(args.deriv, args.output, specs, opts, n_folds=int(values.get("folds", 5)),
                      group_by=group, protocol=str(values.get("protocol", "stratified-kfold")),
                      participants_tsv=ptsv)
     return 0

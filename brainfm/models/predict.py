@@ -20,14 +20,9 @@ import numpy as np
 import torch
 
 from brainfm.errors import InputError
-from brainfm.models.data import (
-    DEFAULT_SAMPLING_RATE_HZ,
-    RunFile,
-    SessionData,
-    load_session,
-    session_from_arrays,
-    sliding_windows,
-)
+from brainfm.models.sessions import SessionData, load_session, session_from_arrays
+from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ, RunFile
+from brainfm.models.windows import sliding_windows
 
 RunsLike = SessionData | Sequence[RunFile | Path | str | tuple[np.ndarray, float]]
 
@@ -65,9 +60,9 @@ def session_for_model(runs: RunsLike, card: dict[str, Any]) -> SessionData:
     Parameters
     ----------
     runs : SessionData or sequence
-        A loaded session; or time-series TSV paths / :class:`~brainfm.models.data.RunFile` of one
-        session; or ``(data, repetition_time)`` tuples with ``data`` of shape (T, N) in the card's
-        ROI order.
+        A loaded session; or time-series TSV paths /
+        :class:`~brainfm.models.timeseries.RunFile` of one session; or
+        ``(data, repetition_time)`` tuples with ``data`` of shape (T, N) in the card's ROI order.
     card : dict
         Model card (``roi_names``, ``sampling_rate_hz``).
 
@@ -130,7 +125,7 @@ def predict_subject(
     runs : SessionData or sequence
         The session's runs: time-series TSV paths (each with its JSON sidecar), ``RunFile``
         objects, ``(data (T, N), repetition_time_s)`` tuples in the card's ROI order, or a
-        :class:`~brainfm.models.data.SessionData` already loaded at the card's sampling rate.
+        :class:`~brainfm.models.sessions.SessionData` already loaded at the card's sampling rate.
     stride : int, optional
         Step between windows in samples (default: the card's ``prediction.stride``, else
         ``window // 2``).

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from brainfm.errors import InputError, UsageError
-from brainfm.models import train as T
 from brainfm.models.baselines import (
     ALPHA_GRID,
     connectivity_features,
@@ -39,7 +38,6 @@ from brainfm.models.baselines import (
     fit_primal_ridge,
     out_of_fold,
 )
-from brainfm.models.data import SessionData, TargetSpec
 from brainfm.models.ensemble import (
     INTERVAL_LEVELS,
     TRANSFORMS,
@@ -47,7 +45,14 @@ from brainfm.models.ensemble import (
     member_targets,
     similarity_to_center,
 )
+from brainfm.models.loop import regression_metrics
 from brainfm.models.model import BrainFM, BrainFMConfig
+from brainfm.models.options import TrainOptions
+from brainfm.models.runs import base_card, load_cohort, participants_path
+from brainfm.models.runtime import DistContext, setup
+from brainfm.models.sessions import SessionData
+from brainfm.models.targets import TargetSpec
+from brainfm.models.train import finetune, predict_sessions, prediction_card, pretrain
 
 LOGGER = logging.getLogger("brainfm.stacking")
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
@@ -235,8 +240,8 @@ def fit_ensemble(
     y_raw: np.ndarray,
     specs: Sequence[TargetSpec],
     sites: np.ndarray,
-    opts: T.TrainOptions,
-    ctx: T.DistContext,
+    opts: TrainOptions,
+    ctx: DistContext,
     init: BrainFM | None = None,
     recipe: RecipeOptions | None = None,
     label: str = "ensemble",
@@ -304,18 +309,18 @@ def fit_ensemble(
     net_oof = np.full((n, len(net_names)), np.nan)
     net_specs = [TargetSpec(nm, nm) for nm in net_names]
     for m, held in enumerate(folds if net_names else []):
-        m_opts = T.TrainOptions(**opts.to_dict())
+        m_opts = TrainOptions(**opts.to_dict())
         m_opts.seed = opts.seed + m
         rest = np.setdiff1d(np.arange(n), held)
         stop = early_stopping_sites(sites[rest], opts.val_fraction, m_opts.seed)
-        model, scaler, info = T.finetune(
+        model, scaler, info = finetune(
             [sessions[i] for i in rest], y_t[np.ix_(rest, net_cols)], net_specs, m_opts, ctx,
             init=init, label=f"{label} member {m + 1}/{len(folds)}",
             val_participants={pids[i] for i in rest[stop]})
         # the held-out sites were seen neither in training nor in early stopping, so these
         # predictions are as unbiased as a new site's (the stacking weight is fitted on them)
-        card = T.prediction_card(scaler, net_specs, model.config, m_opts)
-        net_oof[held] = T.predict_sessions(model, card, [sessions[i] for i in held],
+        card = prediction_card(scaler, net_specs, model.config, m_opts)
+        net_oof[held] = predict_sessions(model, card, [sessions[i] for i in held],
                                            m_opts.stride, ctx.device)[:, :len(net_names)]
         members.append(model)
         member_specs.append({
@@ -386,14 +391,14 @@ def fit_ensemble(
 
 def ensemble_card(model: BrainFMEnsemble, sessions: Sequence[SessionData], y_raw: np.ndarray,
                   specs: Sequence[TargetSpec], info: dict[str, Any],
-                  deriv_dirs: Sequence[Path | str], opts: T.TrainOptions) -> dict[str, Any]:
+                  deriv_dirs: Sequence[Path | str], opts: TrainOptions) -> dict[str, Any]:
     """Model card of a fitted ensemble (before :func:`~brainfm.models.checkpoint.save_checkpoint`).
 
     The card's ``targets`` carry the raw training mean and std of each target (for reference and
     for readers of single-network cards); ``metrics.inner_out_of_site`` the held-out-site
     accuracy on the training cohort that the stacking and the calibration were fitted on.
     """
-    card = T.base_card("ensemble", sessions, deriv_dirs, opts, model.members[0].config
+    card = base_card("ensemble", sessions, deriv_dirs, opts, model.members[0].config
                        if len(model.members) else BrainFMConfig(n_rois=sessions[0].n_rois))
     card["targets"] = [
         {"name": s.name, "column": s.column, "mean": float(np.nanmean(y_raw[:, k])),
@@ -401,9 +406,9 @@ def ensemble_card(model: BrainFMEnsemble, sessions: Sequence[SessionData], y_raw
     inner: dict[str, Any] = {}
     for name, oof in info["oof"].items():
         y = np.asarray(oof["true"])
-        inner[name] = {part: T.regression_metrics(y, np.asarray(oof[part]))
+        inner[name] = {part: regression_metrics(y, np.asarray(oof[part]))
                        for part in ("stacked", "linear", "network") if oof[part] is not None}
-        inner[name]["training_mean"] = T.regression_metrics(y, np.full(y.size, y.mean()))
+        inner[name]["training_mean"] = regression_metrics(y, np.full(y.size, y.mean()))
     card["metrics"] = {"inner_out_of_site": inner, "stacking": info["stacking"]}
     card["training"].update({"n_subjects": len(sessions), "members": info["members"],
                              "linear": info["linear"]})
@@ -414,7 +419,7 @@ def run_ensemble(
     deriv_dirs: Sequence[Path | str],
     out_dir: Path | str,
     specs: Sequence[TargetSpec],
-    opts: T.TrainOptions,
+    opts: TrainOptions,
     pretrain_epochs: int | None = None,
     site_column: str = "site",
     participants_tsv: Path | str | None = None,
@@ -450,18 +455,18 @@ def run_ensemble(
         The model folder.
     """
     from brainfm.models.checkpoint import save_checkpoint
-    from brainfm.models.data import load_participants, resolve_column, target_matrix
+    from brainfm.models.targets import load_participants, resolve_column, target_matrix
 
     if not specs:
         raise UsageError("give at least one --target (e.g. --target age)")
-    ctx = T.setup(opts)
-    ptsv = T.participants_path(deriv_dirs, participants_tsv)
+    ctx = setup(opts)
+    ptsv = participants_path(deriv_dirs, participants_tsv)
     frame = load_participants(ptsv)
     for s in specs:
         resolve_column(frame, s.column, str(ptsv))
     site_col = resolve_column(frame, site_column, str(ptsv))
     skip = {str(p).removeprefix("sub-") for p in exclude}
-    sessions = [s for s in T.load_cohort(deriv_dirs, opts) if s.participant_id not in skip]
+    sessions = [s for s in load_cohort(deriv_dirs, opts) if s.participant_id not in skip]
     pids = [s.participant_id for s in sessions]
     if len(set(pids)) != len(pids):
         raise UsageError("the ensemble recipe takes one session per participant; pass "
@@ -472,7 +477,7 @@ def run_ensemble(
         opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs))
     init = None
     if epochs > 0:
-        init, _ = T.pretrain(sessions, opts, ctx, epochs=epochs, label="ensemble pretrain")
+        init, _ = pretrain(sessions, opts, ctx, epochs=epochs, label="ensemble pretrain")
     model, info = fit_ensemble(sessions, y, specs, sites, opts, ctx, init=init, recipe=recipe)
     card = ensemble_card(model, sessions, y, specs, info, deriv_dirs, opts)
     card["training"].update({"participants_tsv": str(ptsv), "site_column": site_col,

@@ -14,7 +14,7 @@ be run and tested without nipype. :func:`preprocess_run` chains them.
    MNI152NLin6Asym 2 mm (or 3 mm) grid; brain mask = template brain mask within the field of
    view.
 5. :func:`run_confounds`: the fMRIPrep-style confounds table.
-6. :func:`brainfm.preproc.derivatives.write_run_derivatives` writes the fMRIPrep-style files.
+6. :func:`brainfm.preproc.outputs.write_run_derivatives` writes the fMRIPrep-style files.
 
 :func:`preprocess_run` runs them all.
 """
@@ -32,8 +32,8 @@ import numpy as np
 
 from brainfm.errors import InputError
 from brainfm.preproc.confounds import compute_confounds
-from brainfm.preproc.derivatives import write_dataset_description, write_run_derivatives
 from brainfm.preproc.inputs import RawBoldRun
+from brainfm.preproc.outputs import write_dataset_description, write_run_derivatives
 from brainfm.preproc.realign import (
     estimate_motion,
     relative_rms,

@@ -16,15 +16,12 @@ The brain mask itself is the one bundled with the atlases
 (:func:`brainfm.atlases.brain_mask_file`); its interior holes (the ventricles, 1,241 voxels) are
 filled by :func:`template_brain_mask` so that the mask covers the whole brain as fMRIPrep's do.
 
-``python -m brainfm.preproc.templates NEUROPARC_REFERENCE_2MM_DIR OUT_DIR`` rebuilds the files.
+``python scripts/build_templates.py NEUROPARC_REFERENCE_2MM_DIR`` (a maintainer script, not part
+of the package) rebuilds the files.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +44,11 @@ CSF_MIN_DEPTH_MM = 10.0
 #: Connected CSF pieces smaller than this (voxels) are dropped.
 CSF_MIN_COMPONENT = 10
 
-_T1W_NAME = f"tpl-{SPACE}_res-02_desc-brain_T1w.nii.gz"
-_MASK_NAMES = {
+T1W_NAME = f"tpl-{SPACE}_res-02_desc-brain_T1w.nii.gz"
+MASK_NAMES = {
     "WM": f"tpl-{SPACE}_res-02_label-WM_mask.nii.gz",
     "CSF": f"tpl-{SPACE}_res-02_label-CSF_mask.nii.gz",
 }
-#: Source files in neuroparc's ``reference_2mm`` folder.
-_NEUROPARC_T1W_BRAIN = "MNI152NLin6_res-2x2x2_T1w_descr-brain.nii.gz"
-_NEUROPARC_BRAIN_MASK = "MNI152NLin6_res-2x2x2_T1w_descr-brainmask.nii.gz"
 #: The 3 mm grid: the bundled CC200 atlas' grid (the exact ABIDE PCP grid).
 _GRID_3MM = "tpl-MNI152NLin6Asym_res-03_atlas-CC200_dseg.nii.gz"
 
@@ -105,7 +99,7 @@ def template_t1w_file() -> Path:
     InputError
         If the package data are missing (a broken installation).
     """
-    return _bundled(TEMPLATE_DIR / _T1W_NAME)
+    return _bundled(TEMPLATE_DIR / T1W_NAME)
 
 
 def tissue_mask_file(label: str) -> Path:
@@ -128,9 +122,9 @@ def tissue_mask_file(label: str) -> Path:
     InputError
         If the package data are missing.
     """
-    if label not in _MASK_NAMES:
-        raise UsageError(f"unknown tissue label {label!r}; choose from {sorted(_MASK_NAMES)}")
-    return _bundled(TEMPLATE_DIR / _MASK_NAMES[label])
+    if label not in MASK_NAMES:
+        raise UsageError(f"unknown tissue label {label!r}; choose from {sorted(MASK_NAMES)}")
+    return _bundled(TEMPLATE_DIR / MASK_NAMES[label])
 
 
 def output_grid(resolution: int = 2) -> OutputGrid:
@@ -258,82 +252,3 @@ def derive_tissue_masks(
         keep = np.concatenate([[False], sizes >= CSF_MIN_COMPONENT])
         csf = keep[labels]
     return {"WM": wm, "CSF": csf}
-
-
-def build_template_files(reference_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the bundled template files from neuroparc's ``reference_2mm`` folder.
-
-    Parameters
-    ----------
-    reference_dir : str or pathlib.Path
-        Folder holding ``MNI152NLin6_res-2x2x2_T1w_descr-brain.nii.gz`` and
-        ``MNI152NLin6_res-2x2x2_T1w_descr-brainmask.nii.gz``.
-    out_dir : str or pathlib.Path
-        Destination (``brainfm/data/templates``).
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written.
-
-    Raises
-    ------
-    InputError
-        If a source file is missing.
-    """
-    src = Path(reference_dir)
-    out = Path(out_dir)
-    t1w_path, mask_path = src / _NEUROPARC_T1W_BRAIN, src / _NEUROPARC_BRAIN_MASK
-    for path in (t1w_path, mask_path):
-        if not path.is_file():
-            raise InputError(f"template source {path} not found")
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / _T1W_NAME]
-    shutil.copyfile(t1w_path, written[0])
-    t1w = nib.load(t1w_path)
-    mask = np.asanyarray(nib.load(mask_path).dataobj) > 0
-    voxel = float(np.sqrt((t1w.affine[:3, :3] ** 2).sum(axis=0)).mean())
-    masks = derive_tissue_masks(np.asanyarray(t1w.dataobj).astype(np.float64), mask, voxel)
-    for label, data in masks.items():
-        img = nib.Nifti1Image(data.astype(np.uint8), t1w.affine)
-        img.set_qform(t1w.affine, code=4)
-        img.set_sform(t1w.affine, code=4)
-        img.header.set_xyzt_units("mm")
-        path = out / _MASK_NAMES[label]
-        nib.save(img, path)
-        written.append(path)
-    return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Rebuild the bundled template files (``python -m brainfm.preproc.templates``).
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        ``REFERENCE_DIR OUT_DIR`` (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 66 when a source file is missing.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m brainfm.preproc.templates",
-        description="Write brainfm's MNI152NLin6Asym registration template and tissue masks "
-        "from neuroparc's reference_2mm folder.",
-    )
-    parser.add_argument("reference_dir", type=Path)
-    parser.add_argument("out_dir", type=Path, nargs="?", default=TEMPLATE_DIR)
-    args = parser.parse_args(argv)
-    try:
-        for path in build_template_files(args.reference_dir, args.out_dir):
-            print(path)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

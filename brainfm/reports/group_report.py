@@ -1,6 +1,6 @@
 """The cohort report ``group_report.html``: accuracy, brain-age gap, QC, expert maps, methods.
 
-Built from a :class:`brainfm.bidsapp.group.GroupResult` (nothing is recomputed here except the
+Built from a :class:`brainfm.group.result.GroupResult` (nothing is recomputed here except the
 figures). Self-contained: inline PNG figures and CSS, no script, no external resource.
 """
 
@@ -20,8 +20,8 @@ from brainfm.derivatives import ATLAS_DATASET
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
 if TYPE_CHECKING:  # pragma: no cover
-    from brainfm.bidsapp.group import GroupResult
-    from brainfm.group.collect import ExpertWeights
+    from brainfm.group.experts import ExpertWeights
+    from brainfm.group.result import GroupResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _qc_section(result: GroupResult) -> Section:
 
 
 def _expert_section(result: GroupResult, output_dir: Path) -> Section:
-    from brainfm.group.collect import find_atlas
+    from brainfm.group.read_outputs import find_atlas
     from brainfm.reports import figures
 
     if not result.expert_weights:
@@ -379,7 +379,7 @@ def render_group_report(result: GroupResult, output_dir: str | Path,
     Parameters
     ----------
     result : GroupResult
-        From :func:`brainfm.bidsapp.group.compute_group`.
+        From :func:`brainfm.group.result.compute_group`.
     output_dir : path
         The output dataset (atlases for the expert maps).
     bids_dir : path, optional

@@ -9,7 +9,6 @@ participant's derivatives only; self-contained (inline PNG and CSS, no script).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -19,13 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import (
-    build_name,
-    participant_report_path,
-    read_tsv,
-    write_text_atomic,
-)
+from brainfm.derivatives import build_name, participant_report_path
 from brainfm.errors import InputError
+from brainfm.fileio import read_json, read_tsv, write_text_atomic
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
 LOGGER = logging.getLogger(__name__)
@@ -61,18 +56,10 @@ def _subject_label(subject: str) -> str:
     return label
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return content if isinstance(content, dict) else {}
-
-
 def _signals_array(value: Any, columns: list[str], atlas: str) -> np.ndarray | None:
     """Raw signals of one atlas as (T, N) in the derivative's column order, or None."""
     if isinstance(value, (str, Path)):
-        from brainfm.interfaces.parcellate import load_parcel_signals
+        from brainfm.postproc.parcellate import load_parcel_signals
 
         value = load_parcel_signals(value)
     if isinstance(value, Mapping):
@@ -107,14 +94,14 @@ def _lookup_raw(raw: Mapping[str, Any] | None, prefix: str, subject: str) -> Any
 
 
 def _find_atlas_table(output_dir: Path, atlas: str) -> tuple[Path, pd.DataFrame] | None:
-    from brainfm.group.collect import find_atlas
+    from brainfm.group.read_outputs import find_atlas
 
     return find_atlas(output_dir, atlas)
 
 
 def _coverage_html(series_path: Path, atlas: str) -> str:
     """One paragraph: the atlas' ROI coverage and the ROIs left out for low coverage."""
-    side = _read_json(series_path.with_suffix(".json"))
+    side = read_json(series_path.with_suffix(".json"))
     coverage_path = Path(str(series_path).replace("_stat-mean_timeseries.tsv",
                                                   "_stat-coverage_bold.tsv"))
     values = (read_tsv(coverage_path)["coverage"].to_numpy(dtype=float)
@@ -176,12 +163,12 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     prefix = outliers_path.name[: -len("_outliers.tsv")]
     func_dir = outliers_path.parent
     outliers = read_tsv(outliers_path)
-    side = _read_json(outliers_path.with_suffix(".json"))
+    side = read_json(outliers_path.with_suffix(".json"))
     series_files = sorted(func_dir.glob(f"{prefix}_space-*_stat-mean_timeseries.tsv"))
-    series_side = _read_json(series_files[0].with_suffix(".json")) if series_files else {}
+    series_side = read_json(series_files[0].with_suffix(".json")) if series_files else {}
     design_path = func_dir / f"{prefix}_desc-preproc_design.tsv"
     tr = float(series_side.get("RepetitionTime")
-               or _read_json(design_path.with_suffix(".json")).get("RepetitionTime") or 1.0)
+               or read_json(design_path.with_suffix(".json")).get("RepetitionTime") or 1.0)
     threshold = side.get("FDThreshold", series_side.get("FDThreshold"))
     fd = outliers.get("framewise_displacement", pd.Series(np.nan, index=outliers.index))
     outlier = outliers.get("outlier", pd.Series(0, index=outliers.index)).fillna(0).astype(bool)
@@ -255,7 +242,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
 
 
 def _predictions_section(output_dir: Path, subject: str) -> Section | None:
-    from brainfm.group.collect import prediction_targets
+    from brainfm.group.read_outputs import prediction_targets
     from brainfm.reports import figures
 
     paths = sorted((output_dir / f"sub-{subject}").glob("**/func/*_desc-brainfm_predictions.tsv"))
@@ -279,7 +266,7 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         intervals = [tuple(num(f"{t}_{side}{lv}") for lv in (50, 90) for side in ("lower",
                                                                                  "upper"))
                      for t in targets] if calibrated else None
-        side = _read_json(path.with_suffix(".json"))
+        side = read_json(path.with_suffix(".json"))
         body.append(f"<h3>{esc(title)}</h3>")
         card = side.get("ModelCard") or {}
         trained_on = card.get("TargetColumns") or {}
@@ -374,9 +361,9 @@ def participant_report(output_dir: str | Path, subject: str,
         Raw (before denoising) ROI signals to draw the "before" carpet, keyed by run:
         :func:`run_key` of the run's entities (e.g. ``'sub-01_task-rest_run-1'``; the key without
         the ``sub-<label>_`` part works too). A value is a path to the ``.npz`` written by
-        :func:`brainfm.interfaces.parcellate.save_parcel_signals`, a mapping from atlas label to
+        :func:`brainfm.postproc.parcellate.save_parcel_signals`, a mapping from atlas label to
         signals, or signals used for every atlas; signals are a
-        :class:`~brainfm.processing.parcellate.ParcelSignals`, a (T, N) array in the atlas' ROI
+        :class:`~brainfm.postproc.parcellate.ParcelSignals`, a (T, N) array in the atlas' ROI
         order or a DataFrame with ROI-name columns, with T the number of acquired volumes.
 
     Returns

@@ -7,6 +7,7 @@ images on the bundled CC200 atlas grid, writes a raw BIDS skeleton, fMRIPrep-sty
 :class:`DatasetTruth`. The command line is ``brainfm-make-testdata``.
 """
 
-from brainfm.testdata.maker import DatasetTruth, RunTruth, make_dataset
+from brainfm.testdata.maker import make_dataset
+from brainfm.testdata.truth import DatasetTruth, RunTruth
 
 __all__ = ["DatasetTruth", "RunTruth", "make_dataset"]

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from brainfm.preproc.confounds import expand
-from brainfm.testdata.motion import MOTION_COLUMNS, framewise_displacement, relative_rms
+from brainfm.preproc.realign import MOTION_COLUMNS, framewise_displacement
+from brainfm.testdata.motion import relative_rms
 
 N_ACOMPCOR = 6
 N_CCOMPCOR = 5

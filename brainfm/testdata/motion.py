@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: fMRIPrep's motion parameter columns, in order (translations in mm, rotations in radians).
-MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-#: Head radius (mm) turning rotations into displacements for the framewise displacement.
-FD_RADIUS_MM = 50.0
+from brainfm.preproc.realign import framewise_displacement
+
 #: Framewise displacement (mm) that every planted spike exceeds.
 SPIKE_FD_MM = 0.5
 #: SD of the white jitter on each parameter (mm, radians).
@@ -83,26 +81,6 @@ def simulate_motion(
             bump = (SPIKE_FD_MM * 1.1 - fd[s]) / max(np.abs(trans).sum(), 1e-6) + 1e-3
             params[s:e, :3] += trans * bump
     return _round_trip(params), starts[kept].astype(int)
-
-
-def framewise_displacement(params: np.ndarray, radius: float = FD_RADIUS_MM) -> np.ndarray:
-    """Power et al. (2012) framewise displacement, as fMRIPrep reports it.
-
-    Parameters
-    ----------
-    params : numpy.ndarray
-        (n, 6) motion parameters (mm, radians) in :data:`MOTION_COLUMNS` order.
-    radius : float
-        Head radius in mm (50 in fMRIPrep).
-
-    Returns
-    -------
-    numpy.ndarray
-        (n,) FD in mm; the first value is NaN (``n/a`` in the TSV).
-    """
-    d = np.abs(np.diff(params, axis=0))
-    fd = d[:, :3].sum(axis=1) + radius * d[:, 3:].sum(axis=1)
-    return np.concatenate([[np.nan], fd])
 
 
 def _rigid(p: np.ndarray) -> np.ndarray:

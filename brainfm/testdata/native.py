@@ -46,7 +46,8 @@ from scipy import ndimage
 from brainfm.errors import InputError, UsageError
 from brainfm.preproc.realign import MOTION_COLUMNS, fov_center, rigid_matrix
 from brainfm.preproc.templates import template_brain_mask, template_t1w_file
-from brainfm.testdata.maker import DatasetTruth, make_dataset
+from brainfm.testdata.maker import make_dataset
+from brainfm.testdata.truth import DatasetTruth
 
 #: Default head position: rotations (degrees about x, y, z), translation (mm), scaling.
 DEFAULT_ROTATION_DEG = (6.0, -4.0, 5.0)

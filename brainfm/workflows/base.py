@@ -8,7 +8,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from brainfm.interfaces.denoise import DenoiseROISignals
-from brainfm.interfaces.derivatives import ParticipantDerivativesSink
+from brainfm.interfaces.outputs import ParticipantDerivativesSink
 from brainfm.interfaces.parcellate import ExtractROISignals
 from brainfm.interfaces.reports import ParticipantReport
 from brainfm.workflows.predict import init_predict_wf
@@ -27,7 +27,7 @@ def init_postproc_wf(run: dict, settings: dict, name: str) -> pe.Workflow:
     run : dict
         The run's inputs: ``entities``, ``space``, ``bold_file``, ``mask_file``,
         ``confounds_file``, ``repetition_time`` (see
-        :meth:`brainfm.bidsapp.collect.BoldRun.to_dict`).
+        :meth:`brainfm.bidsapp.inputs.BoldRun.to_dict`).
     settings : dict
         ``atlases``, ``atlas_file``, ``atlas_labels``, ``atlas_name``, ``min_coverage``,
         ``strategy``, ``fd_thresh``, ``dummy_scans``, ``lower_bpf``, ``upper_bpf``, ``min_time``.

@@ -3,48 +3,22 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
 from brainfm.errors import BrainfmError, ProcessingError
+from brainfm.workflows.crashes import crashfiles_since, error_from_crashfile
 
 LOGGER = logging.getLogger("brainfm.preproc")
 
-_ERROR_CLASSES = {cls.__name__: cls for cls in BrainfmError.__subclasses__()}
-_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?(" + "|".join(_ERROR_CLASSES) + r"): (.*)$")
-
-
 def error_from_crash(crash_dir: Path, since: float) -> BrainfmError:
-    """The brainfm error behind the nipype crash files written since ``since``.
-
-    Parameters
-    ----------
-    crash_dir : pathlib.Path
-        nipype's ``crashdump_dir``.
-    since : float
-        Start time (``time.time()``) of the run.
-
-    Returns
-    -------
-    BrainfmError
-        The error a node raised (same class, so same exit code), or a
-        :class:`~brainfm.errors.ProcessingError` naming the failing node.
-    """
-    crashfiles = sorted(p for p in Path(crash_dir).glob("crash-*.txt")
-                        if p.stat().st_mtime >= since - 1)
+    """The brainfm error of the first nipype crash file written since ``since``."""
+    crashfiles = crashfiles_since(crash_dir, since)
     if not crashfiles:
         return ProcessingError(f"the preprocessing workflow failed; see the log and {crash_dir}")
-    text = crashfiles[0].read_text(errors="replace")
-    node = re.search(r"^Node: (.+)$", text, flags=re.MULTILINE)
-    node_name = node.group(1).strip() if node else crashfiles[0].name
-    matches = [m for m in (_ERROR_LINE.match(line.strip()) for line in text.splitlines()) if m]
-    if matches:
-        return _ERROR_CLASSES[matches[-1].group(1)](f"{matches[-1].group(2)} (node {node_name})")
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return ProcessingError(f"node {node_name} failed: {last.strip()} (details: {crashfiles[0]})")
+    return error_from_crashfile(crashfiles[0])[1]
 
 
 def run_workflow(workflow: pe.Workflow, work_dir: str | Path, nprocs: int,

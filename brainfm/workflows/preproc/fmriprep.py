@@ -18,7 +18,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from brainfm.derivatives import write_json_atomic
+from brainfm.fileio import write_json_atomic
 from brainfm.interfaces.preproc import RunFmriprep
 from brainfm.preproc.fmriprep_command import (
     build_fmriprep_command,

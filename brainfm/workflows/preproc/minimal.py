@@ -4,7 +4,7 @@ For machines without fMRIPrep. Per run (see :mod:`brainfm.preproc.steps`): nipy 
 realignment, slice-timing correction, affine registration of the mean EPI to the bundled
 MNI152NLin6Asym template, one cubic-spline resampling per volume onto the 2 mm (or 3 mm)
 template grid, fMRIPrep-style confounds, and an fMRIPrep-style derivatives folder that
-:func:`brainfm.bidsapp.collect.collect_runs` reads like fMRIPrep's.
+:func:`brainfm.bidsapp.inputs.collect_runs` reads like fMRIPrep's.
 
 It is coarser than fMRIPrep: an affine EPI-to-template registration (no T1w image, no
 non-linear normalisation), no susceptibility-distortion correction or field maps, no ICA-AROMA,
@@ -30,8 +30,8 @@ from brainfm.interfaces.preproc import (
     ResampleToTemplate,
     SliceTimingCorrection,
 )
-from brainfm.preproc.derivatives import write_dataset_description
 from brainfm.preproc.inputs import collect_raw_runs
+from brainfm.preproc.outputs import write_dataset_description
 from brainfm.preproc.templates import RESOLUTIONS
 from brainfm.workflows.preproc.execution import run_workflow
 
@@ -189,7 +189,7 @@ def run_minimal_preproc(
     out_fmriprep_dir : str or pathlib.Path
         The derivatives folder to write (:func:`minimal_output_dir`:
         ``output_dir/sourcedata/brainfm-minimal-preproc``); give it to
-        :func:`brainfm.bidsapp.collect.collect_runs` afterwards.
+        :func:`brainfm.bidsapp.inputs.collect_runs` afterwards.
     participant_label : sequence of str or str or None
         Participants (with or without ``sub-``); None: all.
     task : str

@@ -1,6 +1,6 @@
 """ROI mean signals of a BOLD run for several atlases at once, streaming the run once.
 
-The BOLD series is never held whole: :mod:`brainfm.processing.nifti_stream` inflates it a block
+The BOLD series is never held whole: :mod:`brainfm.postproc.nifti_stream` inflates it a block
 of volumes at a time, and each block is reduced at once to parcel sums for every atlas (one
 sparse voxels-to-ROIs matrix per atlas, float64). Each atlas is resampled to the BOLD grid with
 nearest neighbour; a voxel counts for a parcel when it lies in the brain mask and its signal is
@@ -30,7 +30,7 @@ from scipy import sparse
 
 from brainfm.atlases import Atlas
 from brainfm.errors import InputError, UsageError
-from brainfm.processing.nifti_stream import (
+from brainfm.postproc.nifti_stream import (
     READ_ERRORS,
     NiftiSeries,
     iter_volume_blocks,
@@ -257,3 +257,29 @@ def _parcel_sums(series: NiftiSeries, columns: list[np.ndarray], widths: list[in
         for total, operator in zip(sums, operators, strict=True):
             total[start:stop] = (operator @ values).T
     return sums, lowest, highest
+
+
+def save_parcel_signals(path: Path, signals: dict[str, ParcelSignals]) -> Path:
+    """Store extracted signals of several atlases in one ``.npz`` (no pickled objects)."""
+    arrays: dict[str, np.ndarray] = {"atlases": np.array(sorted(signals), dtype=str)}
+    for label, sig in signals.items():
+        arrays[f"{label}__timeseries"] = np.asarray(sig.timeseries, dtype=np.float64)
+        arrays[f"{label}__roi_names"] = np.array(sig.roi_names, dtype=str)
+        arrays[f"{label}__coverage"] = np.asarray(sig.coverage, dtype=np.float64)
+        arrays[f"{label}__low_coverage"] = np.array(sig.low_coverage, dtype=str)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_parcel_signals(path: str | Path) -> dict[str, ParcelSignals]:
+    """Read signals written by :func:`save_parcel_signals`."""
+    with np.load(path, allow_pickle=False) as data:
+        return {
+            str(label): ParcelSignals(
+                timeseries=data[f"{label}__timeseries"],
+                roi_names=[str(n) for n in data[f"{label}__roi_names"]],
+                coverage=data[f"{label}__coverage"],
+                low_coverage=[str(n) for n in data[f"{label}__low_coverage"]],
+            )
+            for label in data["atlases"]
+        }

@@ -22,17 +22,13 @@ from brainfm.derivatives import (
     atlas_image_path,
     bids_version,
     build_name,
-    copy_atomic,
     find_atlas_images,
-    output_lock,
     parse_entities,
     participant_report_path,
-    read_tsv,
     subject_func_dir,
-    write_json_atomic,
-    write_tsv_atomic,
 )
-from brainfm.processing.confounds import get_strategy, is_strategy_file
+from brainfm.fileio import copy_atomic, output_lock, read_tsv, write_json_atomic, write_tsv_atomic
+from brainfm.postproc.confounds import get_strategy, is_strategy_file
 
 
 def _source_uri(path: str | Path, root: str | Path, dataset: str = "preprocessed") -> str:

@@ -20,8 +20,8 @@ from nilearn import signal as nsignal
 from scipy.interpolate import CubicSpline
 
 from brainfm.errors import InputError, ProcessingError, UsageError
-from brainfm.processing.censoring import censoring_mask, outliers_table
-from brainfm.processing.confounds import band_pass, get_strategy, select_confounds
+from brainfm.postproc.censoring import censoring_mask, outliers_table
+from brainfm.postproc.confounds import band_pass, get_strategy, select_confounds
 
 LOGGER = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def check_run_inputs(confounds: pd.DataFrame, n_volumes: int, *, tr: float, stra
     fd_thresh : float or None
         FD censoring threshold in mm (``<= 0`` or None: off).
     lower_bpf, upper_bpf : float or None
-        Band-pass overrides (see :func:`~brainfm.processing.confounds.band_pass`).
+        Band-pass overrides (see :func:`~brainfm.postproc.confounds.band_pass`).
     confounds_file : str or Path, optional
         Where the table came from (named in messages).
 
@@ -266,7 +266,7 @@ def denoise_roi_signals(timeseries: np.ndarray, confounds: pd.DataFrame, *, tr: 
     tr : float
         Repetition time in seconds.
     strategy : str
-        Denoising strategy (see :mod:`brainfm.processing.confounds`).
+        Denoising strategy (see :mod:`brainfm.postproc.confounds`).
     fd_thresh : float
         Framewise-displacement threshold in mm; ``<= 0`` disables FD censoring.
     dummy_scans : int

@@ -10,7 +10,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from brainfm.outputs import write_subject_outputs
+from brainfm.participant_outputs import write_subject_outputs
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):

@@ -419,7 +419,7 @@ def select_confounds(confounds: pd.DataFrame, strategy: str, confounds_file: str
     pandas.DataFrame
         One row per volume, float64, columns in the order motion, WM/CSF, global signal,
         CompCor, cosine; leading missing values of derivative/lag columns are 0. Trend
-        regressors are not included (see :func:`brainfm.processing.denoise.trend_regressors`).
+        regressors are not included (see :func:`brainfm.postproc.denoise.trend_regressors`).
         For ``none``, a table with no columns.
 
     Raises

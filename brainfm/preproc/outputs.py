@@ -9,7 +9,7 @@ Layout (``res-2``, or ``res-3`` for the 3 mm grid)::
         <run>_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz + .json
         <run>_desc-confounds_timeseries.tsv + .json
 
-These are the files :func:`brainfm.bidsapp.collect.collect_runs` reads from fMRIPrep outputs.
+These are the files :func:`brainfm.bidsapp.inputs.collect_runs` reads from fMRIPrep outputs.
 Every file is written atomically, the BOLD image last, so that an interrupted run is never
 found half written.
 """
@@ -17,8 +17,6 @@ found half written.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,8 @@ from typing import Any
 import nibabel as nib
 
 from brainfm import __version__
-from brainfm.derivatives import (
-    bids_version,
-    build_name,
-    copy_atomic,
-    output_lock,
-    write_json_atomic,
-)
+from brainfm.derivatives import bids_version, build_name
+from brainfm.fileio import copy_atomic, output_lock, write_atomic, write_json_atomic
 from brainfm.preproc.templates import SPACE
 
 #: ``GeneratedBy`` name of the minimal preprocessing.
@@ -95,10 +88,8 @@ def _save_image_atomic(source: Path, destination: Path) -> Path:
     """Copy a NIfTI file into place atomically (re-saved when the extension differs)."""
     if "".join(source.suffixes[-2:]) == "".join(destination.suffixes[-2:]):
         return copy_atomic(source, destination)
-    tmp = destination.with_name(f".{uuid.uuid4().hex[:8]}-{destination.name}")
-    nib.save(nib.load(str(source)), str(tmp))
-    os.replace(tmp, destination)
-    return destination
+    return write_atomic(destination, lambda tmp: nib.save(nib.load(str(source)), str(tmp)),
+                        suffix="".join(destination.suffixes[-2:]))
 
 
 def run_entities(entities: Mapping[str, str]) -> dict[str, str]:

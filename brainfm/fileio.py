@@ -232,7 +232,7 @@ def output_lock(output_dir: str | Path, timeout: float = 600.0) -> Iterator[None
     try:
         try:
             lock.acquire()
-        except NotImplementedError:  # no flock on this file system (Lustre without it)
+        except NotImplementedError:  # no flock (Lustre without it); filelock 4 falls back itself
             lock = SoftFileLock(lock_path.with_suffix(".softlock"), timeout=timeout)
             lock.acquire()
     except Timeout as err:

@@ -92,3 +92,27 @@ def test_dataset_description_links_every_uri_and_names_no_container_outside_one(
     init_output_dataset(tmp_path / "out2", {"raw": bids})
     desc = json.loads((tmp_path / "out2" / "dataset_description.json").read_text())
     assert desc["GeneratedBy"][0]["Container"] == {"Type": "docker", "Tag": "brainfm:1.0"}
+
+
+def test_output_lock_names_the_lock_file_when_another_job_holds_it(tmp_path):
+    """A second writer waits on the shared-files lock, then gives up with a clear message."""
+    import subprocess
+    import sys
+
+    from brainfm.errors import UsageError
+    from brainfm.fileio import output_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from brainfm.fileio import output_lock\n"
+        f"with output_lock({str(tmp_path)!r}):\n"
+        "    print('held', flush=True); time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=r"\.brainfm\.lock stayed locked"):
+            with output_lock(tmp_path, timeout=0.5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(tmp_path, timeout=5):  # free again once the holder is gone
+        pass

@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,40 @@ def strip_prefix(label: str, prefix: str) -> str:
     """A BIDS label without its entity prefix (``strip_prefix("sub-01", "sub-")`` is ``"01"``)."""
     label = str(label).strip()
     return label[len(prefix):] if label.startswith(prefix) else label
+
+
+#: What pybids skips by default when indexing (its own list), kept when brainfm adds to it.
+_PYBIDS_DEFAULT_IGNORE = ("code", "stimuli", "sourcedata", "models", re.compile(r"/\."))
+
+
+def index_ignore(participants: Sequence[str] | None = None,
+                 datatypes: Sequence[str] = ()) -> list[Any]:
+    """pybids ``ignore`` patterns that index only what a run needs.
+
+    Indexing a whole fMRIPrep dataset costs seconds per hundred participants (anatomical
+    transforms, figures, logs); a participant job (e.g. one SLURM array task) needs only its own
+    participant's folders of the given datatypes.
+
+    Parameters
+    ----------
+    participants : sequence of str, optional
+        Labels (without ``sub-``) to index; all when empty.
+    datatypes : sequence of str, optional
+        Datatype folders to skip (``anat``, ``figures``, ``log`` ...).
+
+    Returns
+    -------
+    list
+        For ``BIDSLayoutIndexer(ignore=...)``: pybids' default list plus these.
+    """
+    ignore: list[Any] = list(_PYBIDS_DEFAULT_IGNORE)
+    if datatypes:
+        folders = "|".join(re.escape(d) for d in datatypes)
+        ignore.append(re.compile(rf"^/sub-[^/]+/(?:ses-[^/]+/)?(?:{folders})(?:/|$)"))
+    if participants:
+        labels = "|".join(re.escape(strip_prefix(p, "sub-")) for p in participants)
+        ignore.append(re.compile(rf"^/sub-(?!(?:{labels})(?:/|$))"))
+    return ignore
 
 
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:

@@ -3,10 +3,10 @@
 
 Usage (after ``scripts/demo.sh``; needs Debian's chromium)::
 
-    .venv/bin/python scripts/docs_screenshots.py [demo_out] [--participant sub-0050960]
+    .venv/bin/python scripts/docs_screenshots.py [demo_out] [--participant sub-05]
 
-The group report and one participant's report (default: the demo's oldest subject, whose
-prediction shows the model's limits with adults) are rendered headless at a fixed size and
+The group report and one participant's report (default: the demo's oldest subject, 49 years,
+whose prediction shows the model's limits with adults) are rendered headless at a fixed size and
 saved, downscaled to 256 colours, as ``docs/images/{group,participant}_report.png``.
 """
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     """Screenshot both reports of a demo output folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("demo_out", nargs="?", type=Path, default=ROOT / "demo_out")
-    parser.add_argument("--participant", default="sub-0050960",
+    parser.add_argument("--participant", default="sub-05",
                         help="participant whose report is shown (default: %(default)s)")
     args = parser.parse_args(argv)
     derivatives = args.demo_out / "derivatives"

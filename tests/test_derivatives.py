@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -116,3 +117,35 @@ def test_output_lock_names_the_lock_file_when_another_job_holds_it(tmp_path):
         holder.wait()
     with output_lock(tmp_path, timeout=5):  # free again once the holder is gone
         pass
+
+
+def test_index_ignore_keeps_the_selected_participants_and_datatypes(tmp_path):
+    """pybids indexes only the participants asked for, and not the folders a run never reads."""
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    from brainfm.derivatives import index_ignore
+
+    (tmp_path / "dataset_description.json").write_text(json.dumps(
+        {"Name": "x", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "fMRIPrep"}]}))
+    for sub in ("01", "02", "010"):
+        for folder, name in (("func", "task-rest_desc-preproc_bold.nii.gz"),
+                             ("anat", "desc-preproc_T1w.nii.gz"),
+                             ("ses-1/func", "ses-1_task-rest_desc-preproc_bold.nii.gz"),
+                             ("ses-1/anat", "ses-1_desc-preproc_T1w.nii.gz")):
+            path = tmp_path / f"sub-{sub}" / folder / f"sub-{sub}_{name}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def indexed(**kwargs) -> list[str]:
+        indexer = BIDSLayoutIndexer(validate=False, ignore=index_ignore(**kwargs))
+        layout = BIDSLayout(tmp_path, validate=False, is_derivative=True, indexer=indexer)
+        return sorted(Path(f).relative_to(tmp_path).as_posix()
+                      for f in layout.get(return_type="filename", extension=".nii.gz"))
+
+    assert len(indexed()) == 12  # nothing added: every participant and datatype
+    only = indexed(participants=["sub-01", "02"], datatypes=["anat"])
+    assert only == ["sub-01/func/sub-01_task-rest_desc-preproc_bold.nii.gz",
+                    "sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-preproc_bold.nii.gz",
+                    "sub-02/func/sub-02_task-rest_desc-preproc_bold.nii.gz",
+                    "sub-02/ses-1/func/sub-02_ses-1_task-rest_desc-preproc_bold.nii.gz"]

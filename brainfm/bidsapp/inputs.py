@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 
+from brainfm.derivatives import index_ignore
 from brainfm.errors import BrainfmError, InputError, NothingSelectedError
 from brainfm.preproc.inputs import task_labels
 
@@ -69,12 +70,18 @@ class BoldRun:
         }
 
 
-def _layout(fmriprep_dir: Path):
-    from bids import BIDSLayout
+#: fMRIPrep folders a participant run never reads (indexing them costs most of the time).
+_UNUSED_DATATYPES = ("anat", "figures", "log", "fmap", "dwi", "perf")
 
+
+def _layout(fmriprep_dir: Path, participants: Sequence[str] | None = None):
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    indexer = BIDSLayoutIndexer(validate=False,
+                                ignore=index_ignore(participants, _UNUSED_DATATYPES))
     try:
         return BIDSLayout(str(fmriprep_dir), validate=False, is_derivative=True,
-                          config=["bids", "derivatives"])
+                          config=["bids", "derivatives"], indexer=indexer)
     except (ValueError, OSError) as err:  # pybids' BIDSValidationError is a ValueError
         raise InputError(
             f"cannot index {fmriprep_dir} as a BIDS derivatives dataset ({err}); it needs a "
@@ -261,11 +268,13 @@ def collect_runs(fmriprep_dir: Path, participant_labels: list[str] | None = None
     InputError
         A run lacks a standard-space BOLD, its mask or confounds, or they disagree (exit 66).
     """
-    layout = _layout(Path(fmriprep_dir))
-    available = sorted(layout.get_subjects())
-    wanted = list(participant_labels or available)
-    missing = [p for p in wanted if p not in available]
+    layout = _layout(Path(fmriprep_dir), participant_labels)
+    indexed = sorted(layout.get_subjects())
+    wanted = list(participant_labels or indexed)
+    missing = [p for p in wanted if p not in indexed]
     if missing:
+        available = sorted(p.name[len("sub-"):] for p in Path(fmriprep_dir).glob("sub-*")
+                           if p.is_dir())
         raise NothingSelectedError(
             f"participant(s) {', '.join('sub-' + p for p in missing)} not found in "
             f"{fmriprep_dir} (available: {', '.join('sub-' + p for p in available) or 'none'})"

@@ -20,6 +20,7 @@ from typing import Any
 
 import nibabel as nib
 
+from brainfm.derivatives import index_ignore
 from brainfm.errors import InputError, NothingSelectedError
 from brainfm.preproc.realign import slice_info
 
@@ -139,11 +140,12 @@ def find_raw_bold(
     return sorted(found)
 
 
-def _layout(bids_dir: Path) -> Any:
-    from bids import BIDSLayout
+def _layout(bids_dir: Path, participants: Sequence[str] | None = None) -> Any:
+    from bids import BIDSLayout, BIDSLayoutIndexer
 
+    indexer = BIDSLayoutIndexer(validate=False, ignore=index_ignore(participants))
     try:
-        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
     except (ValueError, OSError) as err:
         raise InputError(f"cannot index {bids_dir} as a BIDS dataset ({err})") from err
 
@@ -276,8 +278,9 @@ def collect_raw_runs(
         A run fails :func:`check_raw_bold`, or the data are multi-echo (exit 66).
     """
     root = Path(bids_dir)
-    layout = _layout(root)
-    wanted = _strip(participant_labels, "sub-") or sorted(layout.get_subjects())
+    labels = _strip(participant_labels, "sub-")
+    layout = _layout(root, labels)
+    wanted = labels or sorted(layout.get_subjects())
     query: dict[str, Any] = {"subject": wanted, "task": task_labels(task), "suffix": "bold",
                              "datatype": "func", "extension": [".nii.gz", ".nii"]}
     sessions = _strip(session_labels, "ses-")

@@ -29,7 +29,7 @@ from brainfm.atlases import Atlas, templateflow_atlas, templateflow_home
 from brainfm.errors import InputError, UsageError
 from brainfm.fileio import write_atomic
 
-LOGGER = logging.getLogger("brainfm.atlas_spaces")
+LOGGER = logging.getLogger(__name__)
 
 
 def transform_file(bold_space: str, atlas_space: str) -> Path:

@@ -526,7 +526,7 @@ def test_finetune_on_too_few_subjects_says_it_has_no_validation(
 
     toy = tmp_path / "toy"
     make_toy_cohort(toy, 3, seed=1)
-    with caplog.at_level(logging.WARNING, logger="brainfm.train"):
+    with caplog.at_level(logging.WARNING, logger="brainfm.models"):
         code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "age",
                            "--epochs", "1", "--window", "32", "--patch-len", "4",
                            "-o", str(tmp_path / "o")])

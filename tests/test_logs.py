@@ -35,5 +35,5 @@ def test_levels(monkeypatch, verbosity, own, other):
     brainfm = logging.getLogger("brainfm")
     monkeypatch.setattr(brainfm, "level", brainfm.level)
     setup_logging(verbosity)
-    assert logging.getLogger("brainfm.stacking").getEffectiveLevel() == own
+    assert logging.getLogger("brainfm.models.stacking").getEffectiveLevel() == own
     assert logging.getLogger("sklearn").getEffectiveLevel() == other

@@ -221,7 +221,7 @@ def test_run_fmriprep_runs_the_logged_command(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(fc.shutil, "which", _which({"fmriprep"}))
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO, logger="brainfm.preproc"):
+    with caplog.at_level(logging.INFO, logger="brainfm"):
         result = run_fmriprep(bids, out, ["01"], work_dir=tmp_path / "work", nprocs=2,
                               omp_nthreads=1, fs_license_file=lic, fs_no_reconall=True,
                               poll_sleep=0.05)

@@ -16,7 +16,7 @@ from brainfm.errors import UsageArgumentParser, run_command  # noqa: E402
 from brainfm.logs import add_verbose_option, setup_logging  # noqa: E402
 
 PROG = "brainfm"
-LOGGER = logging.getLogger("brainfm")
+LOGGER = logging.getLogger(__name__)
 
 #: Denoising strategies offered on the command line (see brainfm.postproc.confounds).
 STRATEGY_CHOICES = ("pcp", "24P", "36P", "acompcor", "none")

@@ -31,7 +31,7 @@ from brainfm.fileio import write_json_atomic, write_text_atomic, write_tsv_atomi
 from brainfm.group.result import GroupResult, compute_group
 from brainfm.group.table import column_descriptions
 
-LOGGER = logging.getLogger("brainfm")
+LOGGER = logging.getLogger(__name__)
 
 #: Output file names (at the root of the output dataset).
 PREDICTIONS_FILE = "group_predictions.tsv"

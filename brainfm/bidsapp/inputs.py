@@ -22,7 +22,7 @@ from brainfm.derivatives import index_ignore
 from brainfm.errors import BrainfmError, InputError, NothingSelectedError
 from brainfm.preproc.inputs import task_labels
 
-LOGGER = logging.getLogger("brainfm.collect")
+LOGGER = logging.getLogger(__name__)
 
 #: Standard spaces brainfm accepts, most preferred first.
 SUPPORTED_SPACES = ("MNI152NLin6Asym", "MNI152NLin2009cAsym")

@@ -29,7 +29,7 @@ from brainfm.participant_outputs import copy_atlases
 from brainfm.postproc.confounds import get_strategy
 from brainfm.workflows.crashes import combined_error, failures_from_crashfiles
 
-LOGGER = logging.getLogger("brainfm")
+LOGGER = logging.getLogger(__name__)
 
 def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, str | None]:
     """Find the model and check its card against the run's atlases and denoising.

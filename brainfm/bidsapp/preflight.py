@@ -19,7 +19,7 @@ from brainfm.fileio import read_tsv
 from brainfm.postproc.censoring import resolve_dummy_scans
 from brainfm.postproc.denoise import check_run_inputs
 
-LOGGER = logging.getLogger("brainfm.preflight")
+LOGGER = logging.getLogger(__name__)
 
 
 def check_runs(runs: dict[str, Sequence[BoldRun]], settings: Mapping[str, object],

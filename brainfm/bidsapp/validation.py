@@ -11,7 +11,7 @@ from pathlib import Path
 
 from brainfm.errors import InvalidBIDSError
 
-LOGGER = logging.getLogger("brainfm.validation")
+LOGGER = logging.getLogger(__name__)
 
 
 def validator_executable() -> str | None:

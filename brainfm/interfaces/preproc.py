@@ -35,7 +35,7 @@ from brainfm.preproc.steps import (
     run_slice_timing,
 )
 
-LOGGER = logging.getLogger("brainfm.preproc")
+LOGGER = logging.getLogger(__name__)
 
 
 def _timing(value: object) -> list[float] | None:

@@ -54,7 +54,7 @@ from brainfm.models.sessions import SessionData
 from brainfm.models.targets import TargetSpec
 from brainfm.models.train import finetune, predict_sessions, prediction_card, pretrain
 
-LOGGER = logging.getLogger("brainfm.stacking")
+LOGGER = logging.getLogger(__name__)
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 #: Target transforms the recipe chooses from on its inner folds. Box-Cox powers below 0 fit
 #: the skewed age distribution too, but their inverse is unbounded at a finite value, so the

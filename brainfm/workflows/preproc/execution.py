@@ -11,7 +11,7 @@ from nipype.pipeline import engine as pe
 from brainfm.errors import BrainfmError, ProcessingError
 from brainfm.workflows.crashes import crashfiles_since, error_from_crashfile
 
-LOGGER = logging.getLogger("brainfm.preproc")
+LOGGER = logging.getLogger(__name__)
 
 def error_from_crash(crash_dir: Path, since: float) -> BrainfmError:
     """The brainfm error of the first nipype crash file written since ``since``."""

@@ -29,7 +29,7 @@ from brainfm.preproc.fmriprep_command import (
 )
 from brainfm.workflows.preproc.execution import run_workflow
 
-LOGGER = logging.getLogger("brainfm.preproc")
+LOGGER = logging.getLogger(__name__)
 
 
 def fmriprep_output_dir(output_dir: str | Path) -> Path:

@@ -35,7 +35,7 @@ from brainfm.preproc.outputs import write_dataset_description
 from brainfm.preproc.templates import RESOLUTIONS
 from brainfm.workflows.preproc.execution import run_workflow
 
-LOGGER = logging.getLogger("brainfm.preproc")
+LOGGER = logging.getLogger(__name__)
 
 
 #: Folder (under ``output_dir/sourcedata``) of the minimal preprocessing's derivatives.

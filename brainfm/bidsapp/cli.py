@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network, ever
 
 import argparse  # noqa: E402
-import logging  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
@@ -16,8 +15,6 @@ from brainfm.errors import UsageArgumentParser, run_command  # noqa: E402
 from brainfm.logs import add_verbose_option, setup_logging  # noqa: E402
 
 PROG = "brainfm"
-LOGGER = logging.getLogger(__name__)
-
 #: Denoising strategies offered on the command line (see brainfm.postproc.confounds).
 STRATEGY_CHOICES = ("pcp", "24P", "36P", "acompcor", "none")
 

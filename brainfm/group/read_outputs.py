@@ -9,7 +9,6 @@ values (``participants.tsv``) :mod:`brainfm.group.participants`.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ import pandas as pd
 from brainfm.derivatives import ATLAS_DATASET, find_atlas_images, incomplete_participants
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_json, read_tsv
-
-LOGGER = logging.getLogger(__name__)
-
 
 #: Glob patterns (relative to the output dataset) of the per-session prediction tables.
 PREDICTION_GLOBS = ("sub-*/func/sub-*_desc-brainfm_predictions.tsv",

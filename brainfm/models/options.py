@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from brainfm.models.model import BrainFMConfig
 from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ
-
-LOGGER = logging.getLogger(__name__)
-
 
 #: Head name of pretraining checkpoints (BrainFM needs one target; its head is not trained and
 #: the card lists no targets, so such a checkpoint cannot be used for prediction).

@@ -20,8 +20,6 @@ from torch import nn
 from brainfm.errors import UsageError
 from brainfm.models.options import TrainOptions
 
-LOGGER = logging.getLogger(__name__)
-
 
 @dataclass
 class DistContext:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,8 +12,6 @@ import pandas as pd
 
 from brainfm.derivatives import strip_prefix
 from brainfm.errors import InputError, UsageError
-
-LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ Steps 1-5 are here; sessions are :mod:`brainfm.models.sessions`, windows
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -40,9 +39,6 @@ from brainfm.derivatives import parse_entities, strip_prefix
 from brainfm.errors import InputError
 from brainfm.fileio import write_json_atomic, write_tsv_atomic
 from brainfm.postproc.connectivity import fisher_z
-
-LOGGER = logging.getLogger(__name__)
-
 
 #: Default common sampling rate of the model inputs (Hz); 0.5 Hz is a repetition time of 2 s.
 DEFAULT_SAMPLING_RATE_HZ = 0.5

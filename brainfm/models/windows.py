@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,8 +9,6 @@ import torch
 from torch.utils.data import Dataset
 
 from brainfm.models.sessions import SessionData
-
-LOGGER = logging.getLogger(__name__)
 
 
 def _pad_to(run: np.ndarray, window: int) -> np.ndarray:

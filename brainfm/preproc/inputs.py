@@ -10,7 +10,6 @@ present) that matches the slices and the repetition time. Problems raise
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,8 +22,6 @@ import nibabel as nib
 from brainfm.derivatives import index_ignore
 from brainfm.errors import InputError, NothingSelectedError
 from brainfm.preproc.realign import slice_info
-
-LOGGER = logging.getLogger(__name__)
 
 #: Entities that identify a run, in BIDS order (long pybids name, short file-name key).
 RUN_ENTITIES = (("subject", "sub"), ("session", "ses"), ("task", "task"),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,8 +32,6 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from brainfm.errors import InputError, ProcessingError
-
-LOGGER = logging.getLogger(__name__)
 
 #: fMRIPrep's motion parameter columns, in order.
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,6 @@ from brainfm.testdata.truth import (
     WM_SIGNAL_GAIN,
     Subject,
 )
-
-LOGGER = logging.getLogger(__name__)
 
 
 def na_format(x: float | None) -> str:

@@ -18,7 +18,6 @@ space (it already sits on the MNI grid).
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import uuid
@@ -35,8 +34,6 @@ from brainfm.testdata.signals import (
     select_abide_subjects,
 )
 from brainfm.testdata.truth import S_PHENO, DatasetTruth, Subject
-
-LOGGER = logging.getLogger(__name__)
 
 
 def validate_options(

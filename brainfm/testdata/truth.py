@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ import pandas as pd
 
 from brainfm.errors import InputError
 from brainfm.testdata.signals import AbideSubject
-
-LOGGER = logging.getLogger(__name__)
 
 TASK = "rest"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from nipype.pipeline import engine as pe
 from brainfm.errors import BrainfmError, ProcessingError
 from brainfm.workflows.crashes import crashfiles_since, error_from_crashfile
 
-LOGGER = logging.getLogger(__name__)
 
 def error_from_crash(crash_dir: Path, since: float) -> BrainfmError:
     """The brainfm error of the first nipype crash file written since ``since``."""

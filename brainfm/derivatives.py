@@ -152,6 +152,36 @@ def index_ignore(participants: Sequence[str] | None = None,
     return ignore
 
 
+def software_filters(high_pass: float | None, low_pass: float | None) -> dict[str, Any]:
+    """The BIDS ``SoftwareFilters`` field of a band-pass, as XCP-D writes it.
+
+    nilearn's ``signal.clean`` applies a zero-phase Butterworth filter of order 5; an absent
+    cutoff (``None`` or 0) is left out, and with neither there is no filter (``{}``).
+    """
+    cutoffs = {name: float(value) for name, value in (("High-pass cutoff (Hz)", high_pass),
+                                                     ("Low-pass cutoff (Hz)", low_pass))
+               if value}
+    if not cutoffs:
+        return {}
+    kind = ("Bandpass filter" if len(cutoffs) == 2
+            else "High-pass filter" if high_pass else "Low-pass filter")
+    return {kind: {**cutoffs, "Filter order": 5, "Filter type": "Butterworth, zero phase"}}
+
+
+def bandpass_cutoffs(sidecar: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """``(high_pass, low_pass)`` in Hz from a sidecar's ``SoftwareFilters`` (None when absent)."""
+    filters = sidecar.get("SoftwareFilters")
+    if not isinstance(filters, Mapping):
+        return None, None
+    found: dict[str, float] = {}
+    for spec in filters.values():
+        if isinstance(spec, Mapping):
+            for key in ("High-pass cutoff (Hz)", "Low-pass cutoff (Hz)"):
+                if key in spec:
+                    found[key] = spec[key]
+    return found.get("High-pass cutoff (Hz)"), found.get("Low-pass cutoff (Hz)")
+
+
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     """Compose a BIDS file name from entities in the schema's order (:func:`entity_order`).
 

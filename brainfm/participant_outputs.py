@@ -25,6 +25,7 @@ from brainfm.derivatives import (
     find_atlas_images,
     parse_entities,
     participant_report_path,
+    software_filters,
     subject_func_dir,
 )
 from brainfm.fileio import copy_atomic, output_lock, read_tsv, write_json_atomic, write_tsv_atomic
@@ -77,7 +78,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
         "NuisanceRegressors": info.get("nuisance_regressors", []),
         "FDThreshold": settings["fd_thresh"],
         "DummyScans": info.get("dummy_scans", settings["dummy_scans"]),
-        "BandpassFilter": {"HighPass": info.get("high_pass"), "LowPass": info.get("low_pass")},
+        "SoftwareFilters": software_filters(info.get("high_pass"), info.get("low_pass")),
         "NumberOfVolumes": info.get("n_volumes"),
         "NumberOfVolumesRetained": info.get("n_retained"),
         "RetainedSeconds": info.get("retained_seconds"),

@@ -149,3 +149,15 @@ def test_index_ignore_keeps_the_selected_participants_and_datatypes(tmp_path):
                     "sub-01/ses-1/func/sub-01_ses-1_task-rest_desc-preproc_bold.nii.gz",
                     "sub-02/func/sub-02_task-rest_desc-preproc_bold.nii.gz",
                     "sub-02/ses-1/func/sub-02_ses-1_task-rest_desc-preproc_bold.nii.gz"]
+
+
+@pytest.mark.parametrize("high, low, kind", [(0.01, 0.1, "Bandpass filter"),
+                                             (0.01, None, "High-pass filter"),
+                                             (None, 0.08, "Low-pass filter")])
+def test_software_filters_round_trip(high, low, kind):
+    from brainfm.derivatives import bandpass_cutoffs, software_filters
+
+    field = software_filters(high, low)
+    assert list(field) == [kind] and field[kind]["Filter order"] == 5
+    assert bandpass_cutoffs({"SoftwareFilters": field}) == (high, low)
+    assert software_filters(None, 0) == {} and bandpass_cutoffs({}) == (None, None)

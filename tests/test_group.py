@@ -24,7 +24,7 @@ from brainfm.bidsapp.group import (
     REPORT_FILE,
     run_group_level,
 )
-from brainfm.derivatives import init_output_dataset, participant_report_path
+from brainfm.derivatives import init_output_dataset, participant_report_path, software_filters
 from brainfm.errors import InputError, UsageError
 from brainfm.fileio import write_json_atomic, write_tsv_atomic
 from brainfm.group.brainage import (
@@ -150,7 +150,7 @@ def write_group_fixture(root: Path, n_participants: int = 6, seed: int = 0,
             series_base = f"{run_prefix}_space-MNI152NLin6Asym_atlas-CC200"
             sidecar = {"RepetitionTime": 2.0, "SamplingFrequency": 0.5,
                        "DenoisingStrategy": "pcp", "FDThreshold": 0.5, "DummyScans": 0,
-                       "BandpassFilter": {"HighPass": 0.01, "LowPass": 0.1},
+                       "SoftwareFilters": software_filters(0.01, 0.1),
                        "NuisanceRegressors": [f"reg{k}" for k in range(34)],
                        "Atlas": "CC200", "Sources": []}
             write_json_atomic(func / f"{series_base}_stat-mean_timeseries.json", sidecar)

@@ -146,6 +146,7 @@ def test_sidecars_and_dataset_description(outputs):
     assert sidecar["RepetitionTime"] == 2.0
     assert sidecar["SamplingFrequency"] == 0.5
     assert sidecar["DenoisingStrategy"] == "pcp"
+    assert sidecar["SoftwareFilters"]["Bandpass filter"]["High-pass cutoff (Hz)"] > 0
     assert len(sidecar["Sources"]) >= 3
     for uri in sidecar["Sources"]:  # every BIDS URI resolves through DatasetLinks
         _, name, rel = uri.split(":", 2)

@@ -16,7 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import ATLAS_DATASET, find_atlas_images, incomplete_participants
+from brainfm.derivatives import (
+    ATLAS_DATASET,
+    bandpass_cutoffs,
+    find_atlas_images,
+    incomplete_participants,
+)
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_json, read_tsv
 
@@ -298,9 +303,7 @@ def collect_methods_info(output_dir: str | Path, sidecars: list[dict]) -> dict[s
         side = read_json(path)
         add("strategies", side.get("DenoisingStrategy"))
         add("fd_thresholds", side.get("FDThreshold"))
-        bp = side.get("BandpassFilter") or {}
-        if isinstance(bp, dict):
-            add("bandpass", (bp.get("HighPass"), bp.get("LowPass")))
+        add("bandpass", bandpass_cutoffs(side))
         add("repetition_times", side.get("RepetitionTime"))
         regressors = side.get("NuisanceRegressors")
         if isinstance(regressors, list):

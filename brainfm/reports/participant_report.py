@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import build_name, participant_report_path
+from brainfm.derivatives import bandpass_cutoffs, build_name, participant_report_path
 from brainfm.errors import InputError
 from brainfm.fileio import read_json, read_tsv, write_text_atomic
 from brainfm.reports import Section, esc, format_value, html_table, render_page
@@ -183,11 +183,11 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
             f"{format_value(float(np.nanmean(fd.to_numpy(dtype=float))), 3)} mm; TR "
             f"{tr:g} s.</p>"]
     if series_side:
-        bp = series_side.get("BandpassFilter") or {}
+        high, low = bandpass_cutoffs(series_side)
         body.append(f"<p class=\"note\">Denoising: strategy <code>"
                     f"{esc(series_side.get('DenoisingStrategy'))}</code>, "
                     f"{len(series_side.get('NuisanceRegressors') or [])} regressors, band-pass "
-                    f"{esc(bp.get('HighPass'))}–{esc(bp.get('LowPass'))} Hz.</p>")
+                    f"{esc(high or 'none')}–{esc(low or 'none')} Hz.</p>")
     body.append("<h3>Censoring</h3>")
     body.append(figures.img_tag(figures.plot_fd_trace(fd, threshold, tr, outlier, dummy),
                                 f"{prefix}: framewise displacement"))

@@ -16,6 +16,7 @@ from brainfm.models.checkpoint import (
     load_checkpoint,
     resolve_model_dir,
     save_checkpoint,
+    verify_checkpoint,
 )
 from brainfm.models.model import BrainFM, BrainFMConfig
 
@@ -185,3 +186,25 @@ def test_resolve_model_dir(tmp_path, saved):
     else:
         assert default.parts[-3:] == ("data", "models", "default")
         assert (default / CARD_FILE).is_file()
+
+
+def test_verify_checks_everything_without_building_and_checks_shapes_once(saved, monkeypatch):
+    """The participant level's pre-flight: the card back, every check done, no weights read;
+    the shape check (a meta-device build) runs once per process for the same weights and card."""
+    from brainfm.models import checkpoint
+
+    _, out = saved
+    calls = []
+    real = checkpoint._check_shapes
+    monkeypatch.setattr(checkpoint, "_check_shapes", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(checkpoint, "_SHAPES_CHECKED", set())
+    monkeypatch.setattr(checkpoint, "load_file", None)  # reading the weights would fail
+    assert verify_checkpoint(out)["atlas"] == "CC200"
+    assert verify_checkpoint(out, expected_atlas="CC200")["roi_names"] == ROIS
+    assert len(calls) == 1
+    card = json.loads((out / CARD_FILE).read_text())
+    card["config"]["d_model"] = 16  # another architecture for the same weights: checked again
+    (out / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="does not describe its weights"):
+        verify_checkpoint(out)
+    assert len(calls) == 2

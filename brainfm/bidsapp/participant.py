@@ -53,7 +53,7 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
     if config.model.lower() == "none":
         return None, None
     from brainfm.atlases import get_atlas
-    from brainfm.models.checkpoint import CheckpointError, load_checkpoint, resolve_model_dir
+    from brainfm.models.checkpoint import CheckpointError, resolve_model_dir, verify_checkpoint
     from brainfm.postproc.confounds import strategy_matches
 
     try:
@@ -63,7 +63,7 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
             raise
         LOGGER.warning("%s. Predictions are skipped: pass --model with a model folder.", err)
         return None, None
-    _, card = load_checkpoint(folder)  # every check (files, hash, config) before any work
+    card = verify_checkpoint(folder)  # every check (files, hash, shapes) before any work
     atlas = get_atlas(str(card.get("atlas")))
     problem = None
     if atlas.label not in atlas_labels:

@@ -4,7 +4,13 @@ Usable as a plain PyTorch library: nothing here imports :mod:`brainfm.bidsapp` o
 :mod:`brainfm.workflows`.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, resolve_model_dir, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_model_dir,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from .ensemble import BrainFMEnsemble
 from .lmae import LMAE, local_span_mask, random_token_mask
 from .model import BrainFM, BrainFMConfig, ModelOutput, fisher_z_connectivity, gaussian_nll
@@ -26,6 +32,7 @@ __all__ = [
     "gaussian_nll",
     "load_balancing_loss",
     "load_checkpoint",
+    "verify_checkpoint",
     "local_span_mask",
     "random_token_mask",
     "random_walk_matrix",

@@ -154,38 +154,22 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
-def load_checkpoint(
+def verify_checkpoint(
     model_dir: str | os.PathLike[str],
     expected_atlas: str | None = None,
     expected_roi_names: Sequence[str] | None = None,
-    map_location: str | torch.device = "cpu",
-) -> tuple[BrainFM | BrainFMEnsemble, dict[str, Any]]:
-    """Load a model folder written by :func:`save_checkpoint` (safetensors only, no pickle).
+) -> dict[str, Any]:
+    """Every check of :func:`load_checkpoint`, without building the model; returns the card.
 
-    Parameters
-    ----------
-    model_dir : path-like
-        Folder with ``model.safetensors`` and ``model_card.json``.
-    expected_atlas : str, optional
-        Atlas of the data the model will see; must equal ``card["atlas"]``.
-    expected_roi_names : sequence of str, optional
-        ROI names of the data, in column order; must equal ``card["roi_names"]`` (same length,
-        same order).
-    map_location : str or torch.device
-        Device of the loaded weights.
-
-    Returns
-    -------
-    model : BrainFM or BrainFMEnsemble
-        The model in eval mode (an ensemble when the card has an ``ensemble`` section).
-    card : dict
-        The model card.
+    The files, the card's format, the weights' SHA-256, the atlas and ROI names, and the card's
+    architecture against the weights' tensor shapes (on PyTorch's ``meta`` device, once per
+    process for the same weights and card). The participant level calls it before any work;
+    its prediction node then loads the model.
 
     Raises
     ------
     CheckpointError
-        Missing files, unreadable card, unsupported format, hash mismatch, atlas or ROI mismatch,
-        or weights that do not fit the card's config. The message names the file.
+        As :func:`load_checkpoint`.
     """
     folder = Path(model_dir)
     card_path = folder / CARD_FILE
@@ -242,13 +226,58 @@ def load_checkpoint(
         if isinstance(names, list) and len(names) != config.n_rois:
             raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
                                   f"config has n_rois={config.n_rois}")
-    _check_shapes(spec, configs[0], weights_path, card_path)
+    key = (card["weights_sha256"], json.dumps(spec if spec is not None else card.get("config"),
+                                              sort_keys=True, default=str))
+    if key not in _SHAPES_CHECKED:
+        _check_shapes(spec, configs[0], weights_path, card_path)
+        _SHAPES_CHECKED.add(key)
+    return card
+
+
+def load_checkpoint(
+    model_dir: str | os.PathLike[str],
+    expected_atlas: str | None = None,
+    expected_roi_names: Sequence[str] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[BrainFM | BrainFMEnsemble, dict[str, Any]]:
+    """Load a model folder written by :func:`save_checkpoint` (safetensors only, no pickle).
+
+    Parameters
+    ----------
+    model_dir : path-like
+        Folder with ``model.safetensors`` and ``model_card.json``.
+    expected_atlas : str, optional
+        Atlas of the data the model will see; must equal ``card["atlas"]``.
+    expected_roi_names : sequence of str, optional
+        ROI names of the data, in column order; must equal ``card["roi_names"]`` (same length,
+        same order).
+    map_location : str or torch.device
+        Device of the loaded weights.
+
+    Returns
+    -------
+    model : BrainFM or BrainFMEnsemble
+        The model in eval mode (an ensemble when the card has an ``ensemble`` section).
+    card : dict
+        The model card.
+
+    Raises
+    ------
+    CheckpointError
+        Missing files, unreadable card, unsupported format, hash mismatch, atlas or ROI mismatch,
+        or weights that do not fit the card's config. The message names the file.
+    """
+    folder = Path(model_dir)
+    card = verify_checkpoint(folder, expected_atlas, expected_roi_names)
+    card_path, weights_path = folder / CARD_FILE, folder / WEIGHTS_FILE
+    spec = card.get("ensemble")
     try:
         state = load_file(str(weights_path), device=str(torch.device(map_location)))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"cannot read weights file {weights_path}: {exc}") from exc
-    model: BrainFM | BrainFMEnsemble = (BrainFMEnsemble(spec) if spec is not None
-                                        else BrainFM(configs[0]))
+    model: BrainFM | BrainFMEnsemble = (
+        BrainFMEnsemble(spec) if spec is not None
+        else BrainFM(BrainFMConfig.from_dict(card.get("config") or {})))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -257,6 +286,10 @@ def load_checkpoint(
     model.to(torch.device(map_location))
     model.eval()
     return model, card
+
+
+#: (weights SHA-256, architecture) pairs whose shapes this process has checked.
+_SHAPES_CHECKED: set[tuple[str, str]] = set()
 
 
 def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_path: Path,

@@ -129,6 +129,7 @@ def test_participant_report_denoised_only(group_report):
     assert 'alt="sub-02_ses-1_task-rest atlas-CC200: connectivity matrix"' in html
     assert "Only the denoised signals are shown" in html
     assert ">Predictions</h2>" in html and "dominant expert" in html
+    assert "how the model routes regions" in html  # the map explained in one sentence
 
 
 def test_participant_report_with_raw_signals(group_report):

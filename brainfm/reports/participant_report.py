@@ -344,7 +344,11 @@ def _expert_map_html(output_dir: Path, weights_path: Path) -> str:
     except Exception as err:  # noqa: BLE001 - one figure must not sink the report
         LOGGER.warning("expert map of %s not drawn: %s", weights_path, err)
         return ""
-    return figures.img_tag(b64, f"atlas-{atlas}: dominant expert")
+    return ('<p class="note">Dominant RWMoE expert: for each parcel, the expert of the model\'s '
+            "random-walk mixture of experts that receives the largest gate weight, averaged over "
+            "this session's windows. It shows how the model routes regions; it is not a "
+            "measure of a region's function or of the prediction's reliability.</p>"
+            + figures.img_tag(b64, f"atlas-{atlas}: dominant expert"))
 
 
 def participant_report(output_dir: str | Path, subject: str,

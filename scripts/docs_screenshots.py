@@ -29,7 +29,8 @@ def screenshot(page: Path, target: Path, width: int = 1100, height: int = 1900) 
     with tempfile.TemporaryDirectory() as tmp:
         full = Path(tmp) / "full.png"
         subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                        "--hide-scrollbars", f"--user-data-dir={tmp}/profile",
+                        "--hide-scrollbars", "--run-all-compositor-stages-before-draw",
+                        f"--user-data-dir={tmp}/profile",
                         "--host-resolver-rules=MAP * ~NOTFOUND",
                         f"--window-size={width},{height}", "--virtual-time-budget=10000",
                         f"--screenshot={full}", page.as_uri()],

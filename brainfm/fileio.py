@@ -35,7 +35,7 @@ def protected_inputs(folders: Sequence[str | Path | None],
                      allowed: Sequence[str | Path | None] = ()) -> Iterator[None]:
     """Refuse, inside the block, any write into ``folders`` (here and in child processes).
 
-    Every brainfm output goes through :func:`write_text_atomic`, :func:`copy_atomic` or
+    Every brainfm output goes through :func:`write_atomic` (and the forms built on it) or
     :func:`output_lock`, which resolve the destination (symbolic links included) and call
     :func:`check_writable_path`. The previous setting is restored on exit.
 

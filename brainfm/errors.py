@@ -7,11 +7,12 @@ raise the most specific subclass with a message that names the offending file an
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class BrainfmError(Exception):
@@ -86,7 +87,8 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
     ``OSError`` that names a file (a full disk, a quota, permissions: exit 1). SIGINT and
     SIGTERM (Ctrl-C, ``kill``, a cluster's time limit) interrupt the body and return 130 / 143
     (128 + the signal) with one line, even when a library caught the interruption and raised
-    something else in its place (nipype turns it into a node failure).
+    something else in its place (nipype turns it into a node failure), or when it landed in a
+    finalizer, where Python would only print it and go on.
 
     Parameters
     ----------
@@ -107,11 +109,38 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         received.append(signum)
         _raise_interrupt(signum, frame)
 
+    previous_hook = sys.unraisablehook
+
+    def on_unraisable(unraisable: Any) -> None:
+        # A signal that lands inside a finalizer (a weakref callback, ``__del__``: SQLAlchemy's,
+        # under pybids) raises where Python only prints "Exception ignored" and goes on. Say
+        # nothing, and deliver the signal again a moment later, from another thread, so that it
+        # interrupts the command's own code (again here if it lands in a finalizer again).
+        if received and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            timer = threading.Timer(0.01, redeliver)
+            timer.daemon = True
+            redeliveries.append(timer)
+            timer.start()
+            return
+        previous_hook(unraisable)
+
+    redeliveries: list[threading.Timer] = []
+    redelivery_lock = threading.Lock()
+
+    def redeliver() -> None:
+        with redelivery_lock:
+            if redeliveries:  # emptied once the command has returned
+                os.kill(os.getpid(), received[0])
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = ({s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
                 if in_main_thread else {})
+    if in_main_thread:
+        sys.unraisablehook = on_unraisable
     try:
         code = body()
+        if received:  # swallowed where it landed (a finalizer) and not yet delivered again
+            raise KeyboardInterrupt(signal.Signals(received[0]).name)
     except BaseException as err:  # noqa: BLE001 - mapped to exit codes below
         if received:
             # later signals (a second Ctrl-C) must not break the clean exit
@@ -135,6 +164,12 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
             return 130
         raise
     finally:
+        with redelivery_lock:
+            for timer in redeliveries:
+                timer.cancel()
+            redeliveries.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if in_main_thread:
+            sys.unraisablehook = previous_hook
     return int(code or 0)

@@ -532,3 +532,28 @@ def test_finetune_on_too_few_subjects_says_it_has_no_validation(
                            "-o", str(tmp_path / "o")])
     assert code == 0
     assert "none for inner validation" in caplog.text and "3 participant(s)" in caplog.text
+
+
+def test_signal_inside_a_finalizer_still_gives_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """A signal that lands in a weakref callback or ``__del__`` (SQLAlchemy's under pybids, seen
+    in CI) is not lost with an "Exception ignored" traceback: the command stops with one line."""
+    import gc
+
+    from brainfm.errors import run_command
+
+    class Finalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # delivered while the finalizer runs
+            sum(range(1000))  # bytecode for the handler to run on, inside the finalizer
+
+    def body() -> int:
+        Finalised()
+        gc.collect()
+        for _ in range(10_000):  # the command's own code, where the interruption belongs
+            sum(range(100))
+        return 0
+
+    assert run_command("brainfm", body) == 128 + signal.SIGTERM
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == ["brainfm: interrupted by SIGTERM; rerun the same "
+                                        "command to finish"], err

@@ -220,21 +220,19 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def output_lock(output_dir: str | Path, timeout: float = 600.0) -> Iterator[None]:
     """Hold an exclusive lock on the output dataset while writing its shared files.
 
-    A :class:`filelock.FileLock` on ``<output_dir>/.brainfm.lock``: an OS lock where the file
-    system supports one, and a clear error after ``timeout`` seconds instead of a hang.
+    A :class:`filelock.FileLock` on ``<output_dir>/.brainfm.lock``: an OS lock, or a soft lock
+    where the file system has no ``flock`` (filelock falls back by itself, e.g. on Lustre
+    without the flock mount option), and a clear error after ``timeout`` seconds instead of a
+    hang.
     """
-    from filelock import FileLock, SoftFileLock, Timeout
+    from filelock import FileLock, Timeout
 
     lock_path = Path(output_dir) / ".brainfm.lock"
     check_writable_path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock: FileLock | SoftFileLock = FileLock(lock_path, timeout=timeout)
+    lock = FileLock(lock_path, timeout=timeout)
     try:
-        try:
-            lock.acquire()
-        except NotImplementedError:  # no flock (Lustre without it); filelock 4 falls back itself
-            lock = SoftFileLock(lock_path.with_suffix(".softlock"), timeout=timeout)
-            lock.acquire()
+        lock.acquire()
     except Timeout as err:
         raise UsageError(f"{lock_path} stayed locked for {timeout:g} s: another brainfm job "
                          "writes to this output folder (or one was killed on a file system "

@@ -30,17 +30,14 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import load_cohort, outer_folds
+from linear_member import member
 from sklearn.covariance import ledoit_wolf
 
 from brainfm.models.baselines import (
-    ALPHA_GRID,
     connectivity_features,
     correlation_features,
-    fit_primal_ridge,
-    out_of_fold,
 )
 from brainfm.models.options import TrainOptions
-from brainfm.models.stacking import inner_site_folds
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 
@@ -60,18 +57,6 @@ def covariances(sessions) -> np.ndarray:
         x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
         out.append(ledoit_wolf(x, assume_centered=True)[0])
     return np.stack(out)
-
-
-def linear_member(features: np.ndarray, y: np.ndarray, sites: np.ndarray, train: np.ndarray,
-                  test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log-age ridge, penalty on 3 inner site folds: (test, inner out-of-fold) in log units."""
-    folds = inner_site_folds(sites[train], 3, 0)
-    x = features[train]
-    oof = out_of_fold(x @ x.T, np.log(y[train]), np.arange(train.size), ALPHA_GRID, 3, 0,
-                      folds=folds)
-    best = int(np.argmin(np.mean(np.abs(np.exp(oof) - y[train][None]), axis=1)))
-    weight, center, intercept = fit_primal_ridge(x, np.log(y[train]), ALPHA_GRID[best])
-    return (features[test] - center) @ weight + intercept, oof[best]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             features = {**fixed, "tangent": np.sqrt(2) * tangent[:, iu[0], iu[1]]}
             pred, oof = {}, {}
             for name, x in features.items():
-                pred[name], oof[name] = linear_member(x, y, cohort.sites, train, test)
+                pred[name], oof[name], _ = member(x @ x.T, y, cohort.sites, train, test)
                 errors[name].append(np.abs(np.exp(pred[name]) - y[test]))
             inner = [np.mean(np.abs(np.exp(a * oof["fisher-z"] + (1 - a) * oof["log-euclidean"])
                                     - y[train])) for a in WEIGHTS]

@@ -57,7 +57,7 @@ data = nb.load(sys.argv[1]).get_fdata(dtype=np.float32)
 
 EXTRACT_SNIPPET = """
 import sys
-from brainfm.interfaces.parcellate import resolve_atlases
+from brainfm.atlases import resolve_atlases
 from brainfm.postproc.parcellate import extract_roi_signals
 extract_roi_signals(sys.argv[1], resolve_atlases(sys.argv[3:]), sys.argv[2])
 """

@@ -1,10 +1,8 @@
-"""Derivative file names and safe writing into a BIDS derivatives dataset.
+"""The BIDS derivatives dataset brainfm writes: file names and its shared files.
 
-Every file is written to a temporary name in its destination folder and then renamed, so a
-reader (or a crash) never sees a half-written file. Files shared by all participants
-(``dataset_description.json``, ``.bidsignore``, the copied atlases) are written under an
-exclusive lock on ``<output_dir>/.brainfm.lock`` so that participant jobs running in parallel
-on one output folder cannot corrupt them.
+Names follow the installed BIDS schema's entity order (:func:`build_name`); the shared files
+(``dataset_description.json``, ``.bidsignore``) are written under the output lock of
+:mod:`brainfm.fileio`, which does every write, atomically.
 """
 
 from __future__ import annotations
@@ -118,10 +116,6 @@ def strip_prefix(label: str, prefix: str) -> str:
     return label[len(prefix):] if label.startswith(prefix) else label
 
 
-#: What pybids skips by default when indexing (its own list), kept when brainfm adds to it.
-_PYBIDS_DEFAULT_IGNORE = ("code", "stimuli", "sourcedata", "models", re.compile(r"/\."))
-
-
 def index_ignore(participants: Sequence[str] | None = None,
                  datatypes: Sequence[str] = ()) -> list[Any]:
     """pybids ``ignore`` patterns that index only what a run needs.
@@ -142,7 +136,9 @@ def index_ignore(participants: Sequence[str] | None = None,
     list
         For ``BIDSLayoutIndexer(ignore=...)``: pybids' default list plus these.
     """
-    ignore: list[Any] = list(_PYBIDS_DEFAULT_IGNORE)
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    ignore: list[Any] = list(DEFAULT_LOCATIONS_TO_IGNORE)  # kept: passing ignore replaces it
     if datatypes:
         folders = "|".join(re.escape(d) for d in datatypes)
         ignore.append(re.compile(rf"^/sub-[^/]+/(?:ses-[^/]+/)?(?:{folders})(?:/|$)"))
@@ -222,10 +218,12 @@ def atlas_image_path(output_dir: str | Path, label: str, space: str,
     return Path(output_dir) / ATLAS_DATASET / f"tpl-{space}" / "anat" / name
 
 
-def find_atlas_images(output_dir: str | Path, label: str) -> list[Path]:
-    """The images of atlas ``label`` in the outputs' atlas dataset (sorted; empty if none)."""
+def find_atlas_images(output_dir: str | Path, label: str, space: str | None = None
+                      ) -> list[Path]:
+    """The images of atlas ``label`` (in ``space``, else any) in the outputs' atlas dataset."""
+    tpl = f"tpl-{space}" if space else "tpl-*"
     return sorted((Path(output_dir) / ATLAS_DATASET).glob(
-        f"tpl-*/anat/tpl-*_atlas-{label}_*dseg.nii.gz"))
+        f"{tpl}/anat/{tpl}_atlas-{label}_*dseg.nii.gz"))
 
 
 def subject_func_dir(output_dir: Path, subject: str, session: str | None) -> Path:

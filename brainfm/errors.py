@@ -111,25 +111,27 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
 
     previous_hook = sys.unraisablehook
 
+    pending: list[threading.Timer] = []  # the one redelivery in flight, if any
+    pending_lock = threading.Lock()
+
     def on_unraisable(unraisable: Any) -> None:
         # A signal that lands inside a finalizer (a weakref callback, ``__del__``: SQLAlchemy's,
         # under pybids) raises where Python only prints "Exception ignored" and goes on. Say
         # nothing, and deliver the signal again a moment later, from another thread, so that it
         # interrupts the command's own code (again here if it lands in a finalizer again).
         if received and isinstance(unraisable.exc_value, KeyboardInterrupt):
-            timer = threading.Timer(0.01, redeliver)
-            timer.daemon = True
-            redeliveries.append(timer)
-            timer.start()
+            with pending_lock:
+                if not pending:
+                    pending.append(threading.Timer(0.01, redeliver))
+                    pending[0].daemon = True
+                    pending[0].start()
             return
         previous_hook(unraisable)
 
-    redeliveries: list[threading.Timer] = []
-    redelivery_lock = threading.Lock()
-
     def redeliver() -> None:
-        with redelivery_lock:
-            if redeliveries:  # emptied once the command has returned
+        with pending_lock:
+            if pending:  # emptied once the command has returned
+                pending.clear()
                 os.kill(os.getpid(), received[0])
 
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -164,10 +166,10 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
             return 130
         raise
     finally:
-        with redelivery_lock:
-            for timer in redeliveries:
+        with pending_lock:
+            for timer in pending:
                 timer.cancel()
-            redeliveries.clear()
+            pending.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if in_main_thread:

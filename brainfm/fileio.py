@@ -207,6 +207,18 @@ def copy_atomic(source: str | Path, destination: str | Path) -> Path:
     return write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
+def copy_nifti_atomic(source: str | Path, destination: str | Path) -> Path:
+    """Copy a NIfTI image atomically, re-saved by nibabel when ``.nii`` and ``.nii.gz`` differ."""
+    source, destination = Path(source), Path(destination)
+    extension = "".join(destination.suffixes[-2:])
+    if "".join(source.suffixes[-2:]) == extension:
+        return copy_atomic(source, destination)
+    import nibabel as nib
+
+    return write_atomic(destination, lambda tmp: nib.save(nib.load(str(source)), str(tmp)),
+                        suffix=extension)
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
     try:

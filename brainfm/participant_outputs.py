@@ -28,7 +28,13 @@ from brainfm.derivatives import (
     software_filters,
     subject_func_dir,
 )
-from brainfm.fileio import copy_atomic, output_lock, read_tsv, write_json_atomic, write_tsv_atomic
+from brainfm.fileio import (
+    copy_nifti_atomic,
+    output_lock,
+    read_tsv,
+    write_json_atomic,
+    write_tsv_atomic,
+)
 from brainfm.postproc.confounds import get_strategy, is_strategy_file
 
 
@@ -110,7 +116,7 @@ def write_run_outputs(result_dir: str | Path, run: Mapping[str, Any], output_dir
              **common, "Sources": [sources[2]]})
     for label, atlas_info in info["atlases"].items():
         ents = {**run_ents, "space": run["space"], "atlas": label}
-        images = find_atlas_images(output_dir, label)
+        images = find_atlas_images(output_dir, label, run["space"])
         atlas_source = ("bids:atlases:" + (images[0].relative_to(output_dir / ATLAS_DATASET)
                                             .as_posix() if images
                                             else f"atlas-{label}_description.json"))
@@ -207,15 +213,14 @@ def copy_atlases(output_dir: str | Path, atlases: list[Atlas]) -> list[str]:
             "DatasetType": "derivative",
             "GeneratedBy": [{"Name": "brainfm", "Version": __version__}]}))
         for atlas in atlases:
-            image = atlas_image_path(output_dir, atlas.label, atlas.space,
-                                     parse_entities(Path(atlas.image).name).get("res"))
-            written.append(copy_atomic(atlas.image, image))
+            res = parse_entities(Path(atlas.image).name).get("res")
+            image = atlas_image_path(output_dir, atlas.label, atlas.space, res)
+            written.append(copy_nifti_atomic(atlas.image, image))
             table = image.with_name(image.name.replace(".nii.gz", ".tsv"))
             written.append(write_tsv_atomic(table, atlas.labels))
             sidecar: dict[str, Any] = {
                 "Description": f"{atlas.name} label image (0 = background) and its ROI table.",
                 "Source": atlas.source}
-            res = parse_entities(image.name).get("res")
             if res:  # the schema requires the meaning of the res- label
                 zooms = nib.load(image).header.get_zooms()[:3]
                 sidecar["Resolution"] = {res: " x ".join(f"{z:g}" for z in zooms) + " mm voxels"}

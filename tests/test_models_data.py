@@ -1,4 +1,5 @@
-"""Tests of brainfm.models.data: discovery, loading, resampling, masking, windows, targets."""
+"""Tests of the model inputs (brainfm.models timeseries, sessions, windows, targets): discovery,
+loading, resampling, masking, windows, targets."""
 
 from __future__ import annotations
 

@@ -30,15 +30,12 @@ PREDICTION_GLOBS = ("sub-*/func/sub-*_desc-brainfm_predictions.tsv",
                     "sub-*/ses-*/func/sub-*_desc-brainfm_predictions.tsv")
 
 
-
-
 #: Columns of a prediction table that are not targets.
 QC_COLUMNS = ("n_runs", "retained_seconds")
 
 
 #: The value BIDS uses for a missing entry, and the session of datasets without sessions.
 NA = "n/a"
-
 
 
 def glob_outputs(root: Path, patterns: tuple[str, ...]) -> list[Path]:

@@ -43,7 +43,7 @@ class GroupResult:
     correction : dict or None
         The ``group_biascorrection.json`` content (``None`` without correction).
     expert_weights : dict
-        Atlas label to :class:`~brainfm.group.read_outputs.ExpertWeights`.
+        Atlas label to :class:`~brainfm.group.experts.ExpertWeights`.
     methods : dict
         From :func:`~brainfm.group.read_outputs.collect_methods_info`.
     run_qc : pandas.DataFrame

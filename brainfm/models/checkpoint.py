@@ -38,6 +38,7 @@ __all__ = [
     "resolve_model_dir",
     "save_checkpoint",
     "sha256_file",
+    "verify_checkpoint",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -162,9 +163,8 @@ def verify_checkpoint(
     """Every check of :func:`load_checkpoint`, without building the model; returns the card.
 
     The files, the card's format, the weights' SHA-256, the atlas and ROI names, and the card's
-    architecture against the weights' tensor shapes (on PyTorch's ``meta`` device, once per
-    process for the same weights and card). The participant level calls it before any work;
-    its prediction node then loads the model.
+    architecture against the weights' tensor shapes (on PyTorch's ``meta`` device). The
+    participant level calls it before any work; its prediction node then loads the model.
 
     Raises
     ------
@@ -226,11 +226,7 @@ def verify_checkpoint(
         if isinstance(names, list) and len(names) != config.n_rois:
             raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
                                   f"config has n_rois={config.n_rois}")
-    key = (card["weights_sha256"], json.dumps(spec if spec is not None else card.get("config"),
-                                              sort_keys=True, default=str))
-    if key not in _SHAPES_CHECKED:
-        _check_shapes(spec, configs[0], weights_path, card_path)
-        _SHAPES_CHECKED.add(key)
+    _check_shapes(spec, configs[0], weights_path, card_path)
     return card
 
 
@@ -286,10 +282,6 @@ def load_checkpoint(
     model.to(torch.device(map_location))
     model.eval()
     return model, card
-
-
-#: (weights SHA-256, architecture) pairs whose shapes this process has checked.
-_SHAPES_CHECKED: set[tuple[str, str]] = set()
 
 
 def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_path: Path,

@@ -216,7 +216,7 @@ def group_sessions(files: Iterable[RunFile]) -> dict[tuple[str, str | None], lis
     Parameters
     ----------
     files : iterable of RunFile
-        Run files, e.g. from :func:`find_timeseries`.
+        Run files, e.g. from :func:`~brainfm.models.timeseries.find_timeseries`.
 
     Returns
     -------
@@ -257,7 +257,7 @@ def load_sessions(
     Parameters
     ----------
     files : iterable of RunFile
-        From :func:`find_timeseries`.
+        From :func:`~brainfm.models.timeseries.find_timeseries`.
     sampling_rate_hz : float, optional
         Common sampling rate.
     expected_roi_names : sequence of str, optional

@@ -14,8 +14,8 @@ with a JSON sidecar that carries ``RepetitionTime``. The pipeline for one sessio
    (:func:`fisher_z_connectivity`), at the native sampling rate;
 5. resample each run to the common sampling rate (:func:`resample_timeseries`, default 0.5 Hz,
    i.e. a repetition time of 2 s) and standardise again;
-6. cut windows: random windows for training (:class:`WindowDataset`), sliding windows for
-   prediction (:func:`sliding_windows`).
+6. cut windows: random windows for training (:class:`~brainfm.models.windows.WindowDataset`),
+   sliding windows for prediction (:func:`~brainfm.models.windows.sliding_windows`).
 
 Steps 1-5 are here; sessions are :mod:`brainfm.models.sessions`, windows
 :mod:`brainfm.models.windows`, targets (``participants.tsv``) :mod:`brainfm.models.targets`.

@@ -21,11 +21,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-
 from brainfm import __version__
 from brainfm.derivatives import bids_version, build_name
-from brainfm.fileio import copy_atomic, output_lock, write_atomic, write_json_atomic
+from brainfm.fileio import (
+    copy_atomic,
+    copy_nifti_atomic,
+    output_lock,
+    read_json,
+    write_json_atomic,
+)
 from brainfm.preproc.templates import SPACE
 
 #: ``GeneratedBy`` name of the minimal preprocessing.
@@ -72,24 +76,12 @@ def write_dataset_description(out_dir: str | Path, bids_dir: str | Path) -> Path
     }
     with output_lock(out):
         if desc_path.exists():
-            try:
-                previous = json.loads(desc_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                previous = {}
-            generated = previous.get("GeneratedBy") or []
+            generated = read_json(desc_path).get("GeneratedBy") or []
             if generated and generated[0].get("Name") == GENERATED_BY \
                     and generated[0].get("Version") == __version__:
                 return desc_path
         write_json_atomic(desc_path, content)
     return desc_path
-
-
-def _save_image_atomic(source: Path, destination: Path) -> Path:
-    """Copy a NIfTI file into place atomically (re-saved when the extension differs)."""
-    if "".join(source.suffixes[-2:]) == "".join(destination.suffixes[-2:]):
-        return copy_atomic(source, destination)
-    return write_atomic(destination, lambda tmp: nib.save(nib.load(str(source)), str(tmp)),
-                        suffix="".join(destination.suffixes[-2:]))
 
 
 def run_entities(entities: Mapping[str, str]) -> dict[str, str]:
@@ -175,7 +167,7 @@ def write_run_derivatives(
         source = f"bids:raw:{rel}"
     except ValueError:
         source = Path(raw_bold).absolute().as_uri()
-    _save_image_atomic(Path(mask_file), paths["mask"])
+    copy_nifti_atomic(Path(mask_file), paths["mask"])
     write_json_atomic(paths["mask_json"], {"Type": "Brain", "Sources": [source]})
     copy_atomic(Path(confounds_file), paths["confounds"])
     write_json_atomic(paths["confounds_json"], json.loads(Path(confounds_json).read_text()))
@@ -201,5 +193,5 @@ def write_run_derivatives(
         processing["RegistrationDice"] = registration.get("dice")
     sidecar["brainfm"] = processing
     write_json_atomic(paths["bold_json"], sidecar)
-    _save_image_atomic(Path(bold_file), paths["bold"])
+    copy_nifti_atomic(Path(bold_file), paths["bold"])
     return paths

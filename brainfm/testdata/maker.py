@@ -30,9 +30,7 @@ from brainfm.errors import UsageError
 from brainfm.testdata.grid import N_ROIS, build_grid
 from brainfm.testdata.layout import write_all
 from brainfm.testdata.paint import stream_rng
-from brainfm.testdata.signals import (
-    select_abide_subjects,
-)
+from brainfm.testdata.signals import select_abide_subjects
 from brainfm.testdata.truth import S_PHENO, DatasetTruth, Subject
 
 

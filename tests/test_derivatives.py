@@ -161,3 +161,19 @@ def test_software_filters_round_trip(high, low, kind):
     assert list(field) == [kind] and field[kind]["Filter order"] == 5
     assert bandpass_cutoffs({"SoftwareFilters": field}) == (high, low)
     assert software_filters(None, 0) == {} and bandpass_cutoffs({}) == (None, None)
+
+
+def test_copy_nifti_atomic_resaves_when_the_extension_changes(tmp_path):
+    """A user atlas given as .nii lands as a real .nii.gz (not .nii bytes under a .gz name)."""
+    import nibabel as nib
+    import numpy as np
+
+    from brainfm.fileio import copy_nifti_atomic
+
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nib.Nifti1Image(data, np.eye(4)).to_filename(tmp_path / "atlas.nii")
+    out = copy_nifti_atomic(tmp_path / "atlas.nii", tmp_path / "o" / "tpl-X_atlas-A_dseg.nii.gz")
+    assert out.read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), data)
+    same = copy_nifti_atomic(out, tmp_path / "p" / "copy.nii.gz")
+    assert same.read_bytes() == out.read_bytes()

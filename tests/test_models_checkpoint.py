@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from brainfm.models.checkpoint import (
     CARD_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    _ElementBudget,
     load_checkpoint,
     resolve_model_dir,
     save_checkpoint,
@@ -130,6 +133,27 @@ def test_atlas_and_roi_checks(saved):
         load_checkpoint(out, expected_roi_names=swapped)
 
 
+def test_element_budget_counts_every_factory_form():
+    budget = _ElementBudget(limit=100)
+    with budget:
+        torch.empty(3, 4)
+        torch.zeros((5,))
+        torch.randn(size=(2, 3))
+        torch.full((4, 2), 1.0)
+    assert budget.used == 12 + 5 + 6 + 8
+    with pytest.raises(CheckpointError, match="more than 100"), _ElementBudget(limit=100):
+        torch.ones(10, 11)
+
+
+def test_verifying_the_default_model_builds_nothing_on_the_meta_device():
+    # the meta device's random fills import torch._dynamo (about 1.3 s of every participant run)
+    code = ("import sys; from brainfm.models.checkpoint import resolve_model_dir, "
+            "verify_checkpoint; verify_checkpoint(resolve_model_dir('default')); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_weights_that_do_not_fit_the_config(saved):
     _, out = saved
     card = json.loads((out / CARD_FILE).read_text())
@@ -137,7 +161,7 @@ def test_weights_that_do_not_fit_the_config(saved):
     (out / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="does not describe its weights"):
         load_checkpoint(out)
-    # a card asking for a huge model fails on shapes (meta device), before any allocation
+    # a card asking for a huge model fails on its element budget, before any allocation
     card["config"]["d_model"] = 10**7
     (out / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="does not describe its weights"):

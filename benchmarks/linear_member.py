@@ -13,7 +13,10 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
   least absolute deviations on the inner out-of-fold predictions (against ridge shrinkage
   towards the mean age);
 - ``rbf``: a Gaussian kernel on the normalised edges, ``exp(-2 g (1 - k))``, with ``g`` in
-  (0, 0.5, 1, 2) chosen on the inner folds (``g = 0`` is the linear kernel).
+  (0, 0.5, 1, 2) chosen on the inner folds (``g = 0`` is the linear kernel);
+- ``inv-sqrt``: the target ``-1 / sqrt(age)`` instead of ``log(age)`` (Box-Cox with
+  lambda = -1/2: it spreads the children further apart and squeezes the adults more than the
+  log does); the age-band table below compares it with the shipped member.
 
 Usage (after ``accuracy.py`` has imported the data into its cache)::
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import load_cohort, outer_folds
+from evaluation import AGE_BANDS
 
 from brainfm.models.baselines import (
     ALPHA_GRID,
@@ -39,21 +43,26 @@ from brainfm.models.baselines import (
 from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import inner_site_folds
 
+#: Target transforms: name -> (forward, inverse).
+TRANSFORMS = {"log": (np.log, np.exp),
+              "inv-sqrt": (lambda v: -1.0 / np.sqrt(v), lambda v: 1.0 / np.square(v))}
 WIDE_GRID = tuple(float(a) for a in np.logspace(-6, 3, 19))
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 SLOPES = np.linspace(0.8, 1.6, 81)
 
 
 def member(kernel: np.ndarray, y: np.ndarray, sites: np.ndarray, train: np.ndarray,
-           test: np.ndarray, alphas=ALPHA_GRID, n_inner: int = 3
+           test: np.ndarray, alphas=ALPHA_GRID, n_inner: int = 3, transform: str = "log"
            ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Log-age kernel ridge: (test, inner out-of-fold) predictions in log units, inner MAE."""
+    """Kernel ridge on transformed age: (test, inner out-of-fold) predictions in transformed
+    units, inner MAE (years)."""
+    forward, inverse = TRANSFORMS[transform]
     folds = inner_site_folds(sites[train], n_inner, 0)
-    log_y = np.log(y)
-    oof = out_of_fold(kernel, log_y, train, alphas, n_inner, 0, folds=folds)
-    mae = np.mean(np.abs(np.exp(oof) - y[train][None]), axis=1)
+    y_t = forward(y)
+    oof = out_of_fold(kernel, y_t, train, alphas, n_inner, 0, folds=folds)
+    mae = np.mean(np.abs(inverse(oof) - y[train][None]), axis=1)
     best = int(np.argmin(mae))
-    pred = kernel_ridge_predict(kernel, log_y, train, test, [alphas[best]])[0]
+    pred = kernel_ridge_predict(kernel, y_t, train, test, [alphas[best]])[0]
     return pred, oof[best], float(mae[best])
 
 
@@ -82,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(y)} subjects, {edges.shape[1]} edges")
     for protocol in ("loso", "kfold"):
         errors: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("shipped", "wide-grid", "5-inner", "affine", "rbf")}
-        choices = []
+            k: [] for k in ("shipped", "wide-grid", "5-inner", "affine", "rbf", "inv-sqrt")}
+        truth, choices = [], []
         for train, test in outer_folds(cohort, protocol, seed=0):
             train, test = train[np.isfinite(y[train])], test[np.isfinite(y[test])]
             rbf = {g: member(kernels[g], y, cohort.sites, train, test) for g in GAMMAS}
@@ -93,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             preds = {"shipped": pred, "affine": a + b * pred, "rbf": rbf[g][0],
                      "wide-grid": member(linear, y, cohort.sites, train, test, WIDE_GRID)[0],
                      "5-inner": member(linear, y, cohort.sites, train, test, n_inner=5)[0]}
-            for name, value in preds.items():
-                errors[name].append(np.abs(np.exp(value) - y[test]))
+            years = {name: np.exp(value) for name, value in preds.items()}
+            inv_sqrt = member(linear, y, cohort.sites, train, test, transform="inv-sqrt")[0]
+            years["inv-sqrt"] = TRANSFORMS["inv-sqrt"][1](inv_sqrt)
+            for name, value in years.items():
+                errors[name].append(np.abs(value - y[test]))
+            truth.append(y[test])
             choices.append(f"b={b:.2f} g={g:g}")
         base = float(np.mean(np.concatenate(errors["shipped"])))
         print(f"\n{protocol}: pooled age MAE (ratio to shipped); inner choices per fold: "
@@ -102,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, errs in errors.items():
             mae = float(np.mean(np.concatenate(errs)))
             print(f"  {name:<10}{mae:7.3f}{mae / base:8.3f}")
+        true_age = np.concatenate(truth)
+        print(f"  by age band: {'':<4}" + "".join(f"{band:>8}" for band in AGE_BANDS))
+        for name in ("shipped", "inv-sqrt"):
+            err = np.concatenate(errors[name])
+            print(f"  {name:<16}" + "".join(
+                f"{np.mean(err[(true_age >= lo) & (true_age < hi)]):8.2f}"
+                for lo, hi in AGE_BANDS.values()))
     print(f"\n{time.perf_counter() - t0:.0f} s")
     return 0
 

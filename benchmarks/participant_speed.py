@@ -9,6 +9,9 @@ the same run of this script:
   ``nibabel.load(bold).get_fdata(dtype=float32)``: the floor, reading the data once;
 - ``streamed extraction``: :func:`brainfm.postproc.parcellate.extract_roi_signals` alone, for
   the same atlases;
+- ``library imports``: ``python -c`` that only imports the libraries every participant run
+  loads (PyTorch for the model, nilearn and matplotlib for the report, pybids, nipype, pandas):
+  with the streamed extraction, the floor of any run that predicts and reports in one process;
 - ``brainfm participant``: the whole command (``brainfm bids out participant``: indexing,
   extraction, denoising, connectivity, predictions, derivatives, HTML report), fresh work dir;
 - ``nilearn``: ``NiftiLabelsMasker`` + ``load_confounds_strategy`` with the same 36P strategy,
@@ -61,6 +64,10 @@ from brainfm.atlases import resolve_atlases
 from brainfm.postproc.parcellate import extract_roi_signals
 extract_roi_signals(sys.argv[1], resolve_atlases(sys.argv[3:]), sys.argv[2])
 """
+
+#: The libraries every participant run loads (model, report, indexing, workflow).
+IMPORTS_SNIPPET = ("import torch, nilearn.plotting, bids, nipype.pipeline.engine, pandas, "
+                   "matplotlib.figure")
 
 NILEARN_SNIPPET = """
 import sys
@@ -139,6 +146,7 @@ def measure_length(root: Path, n_volumes: int, args: argparse.Namespace) -> dict
         "nibabel load": [sys.executable, "-c", LOAD_SNIPPET, str(bold)],
         "streamed extraction": [sys.executable, "-c", EXTRACT_SNIPPET, str(bold), str(mask),
                                 *args.atlases],
+        "library imports": [sys.executable, "-c", IMPORTS_SNIPPET],
     }
     if not args.skip_nilearn:
         steps["nilearn masker + load_confounds"] = [

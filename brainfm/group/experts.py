@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainfm.derivatives import parse_entities
 from brainfm.errors import InputError
 from brainfm.fileio import read_tsv
 from brainfm.group.read_outputs import glob_outputs
@@ -20,7 +20,6 @@ LOGGER = logging.getLogger(__name__)
 #: Glob patterns of the RWMoE expert-weight tables.
 EXPERT_GLOBS = ("sub-*/func/sub-*_desc-rwmoe_expertweights.tsv",
                 "sub-*/ses-*/func/sub-*_desc-rwmoe_expertweights.tsv")
-ATLAS_RE = re.compile(r"_atlas-([A-Za-z0-9]+)_")
 
 
 @dataclass
@@ -71,8 +70,8 @@ def read_expert_weights(output_dir: str | Path) -> dict[str, ExpertWeights]:
     """
     by_atlas: dict[str, list[tuple[Path, pd.DataFrame]]] = {}
     for path in glob_outputs(Path(output_dir), EXPERT_GLOBS):
-        match = ATLAS_RE.search(path.name)
-        if not match:
+        atlas = parse_entities(path.name).get("atlas")
+        if not atlas:
             continue
         table = read_tsv(path)
         experts = [c for c in table.columns if str(c).startswith("expert_")]
@@ -80,7 +79,7 @@ def read_expert_weights(output_dir: str | Path) -> dict[str, ExpertWeights]:
             raise InputError(f"{path} must have a 'Node' column and 'expert_<k>' columns")
         weights = table.set_index(table["Node"].astype(str))[experts].apply(
             pd.to_numeric, errors="coerce")
-        by_atlas.setdefault(match.group(1), []).append((path, weights))
+        by_atlas.setdefault(atlas, []).append((path, weights))
     out: dict[str, ExpertWeights] = {}
     for atlas, items in sorted(by_atlas.items()):
         counts = Counter(w.shape[1] for _, w in items)

@@ -9,7 +9,6 @@ values (``participants.tsv``) :mod:`brainfm.group.participants`.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from brainfm.derivatives import (
     bandpass_cutoffs,
     find_atlas_images,
     incomplete_participants,
+    parse_entities,
 )
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_json, read_tsv
@@ -77,9 +77,9 @@ def present_intervals(table: pd.DataFrame, prefix: str) -> list[str]:
 
 
 def _ids_from_name(path: Path) -> tuple[str, str]:
-    sub = re.search(r"(sub-[A-Za-z0-9]+)", path.name)
-    ses = re.search(r"_(ses-[A-Za-z0-9]+)", path.name)
-    return (sub.group(1) if sub else NA), (ses.group(1) if ses else NA)
+    entities = parse_entities(path.name)
+    sub, ses = (f"{key}-{entities[key]}" if key in entities else NA for key in ("sub", "ses"))
+    return sub, ses
 
 
 def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], list[dict]]:

@@ -10,7 +10,6 @@ participant's derivatives only; self-contained (inline PNG and CSS, no script).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainfm.derivatives import bandpass_cutoffs, build_name, participant_report_path
+from brainfm.derivatives import (
+    bandpass_cutoffs,
+    build_name,
+    parse_entities,
+    participant_report_path,
+)
 from brainfm.errors import InputError
 from brainfm.fileio import read_json, read_tsv, write_text_atomic
 from brainfm.reports import Section, esc, format_value, html_table, render_page
 
 LOGGER = logging.getLogger(__name__)
-
-_ATLAS_RE = re.compile(r"_atlas-([A-Za-z0-9]+)_")
-
 
 def run_key(entities: Mapping[str, Any]) -> str:
     """The key of one run in ``raw_roi_signals``: its derivative-name prefix.
@@ -202,8 +203,7 @@ def _run_section(output_dir: Path, subject: str, outliers_path: Path, qc_row: di
     if not series_files:
         body.append('<p class="note">No denoised time series: the run was excluded.</p>')
     for series_path in series_files:
-        match = _ATLAS_RE.search(series_path.name)
-        atlas = match.group(1) if match else "atlas"
+        atlas = parse_entities(series_path.name).get("atlas", "atlas")
         series = read_tsv(series_path)
         columns = [str(c) for c in series.columns]
         raw_array = _signals_array(raw, columns, atlas) if raw is not None else None
@@ -330,8 +330,7 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
 def _expert_map_html(output_dir: Path, weights_path: Path) -> str:
     from brainfm.reports import figures
 
-    match = _ATLAS_RE.search(weights_path.name)
-    atlas = match.group(1) if match else ""
+    atlas = parse_entities(weights_path.name).get("atlas", "")
     atlas_info = _find_atlas_table(output_dir, atlas)
     if atlas_info is None:
         return ""

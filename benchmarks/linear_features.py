@@ -15,7 +15,12 @@ subjects only, then the outer test subjects are predicted. Features compared:
   for the 25 folds on 2 cores; the log-Euclidean mean is its usual closed-form stand-in;
 - ``log-euclidean``: the matrix logarithm of each covariance (no reference);
 - ``blend``: ``fisher-z`` and ``log-euclidean`` predictions averaged (log age) with the weight
-  that minimises the inner out-of-fold MAE.
+  that minimises the inner out-of-fold MAE;
+- ``slow-band`` and ``fast-band``: the shipped features computed from each run band-passed
+  to 0.01-0.05 Hz and 0.05-0.2 Hz (3rd-order Butterworth, zero phase, at the cohort's
+  0.5 Hz sampling rate), in the spirit of the slow-4/slow-5 analyses;
+- ``multi-band``: one kernel, the mean of the ``fisher-z``, ``slow-band`` and ``fast-band``
+  kernels (their edges concatenated with equal weight).
 
 Usage (after ``accuracy.py`` has imported the data into its cache)::
 
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from accuracy import load_cohort, outer_folds
 from linear_member import member
+from scipy.signal import butter, sosfiltfilt
 from sklearn.covariance import ledoit_wolf
 
 from brainfm.models.baselines import (
@@ -38,8 +44,11 @@ from brainfm.models.baselines import (
     correlation_features,
 )
 from brainfm.models.options import TrainOptions
+from brainfm.models.timeseries import fisher_z_connectivity
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
+#: Frequency bands of the band-limited connectivity (Hz).
+BANDS_HZ = {"slow-band": (0.01, 0.05), "fast-band": (0.05, 0.2)}
 
 
 def _sym_apply(mats: np.ndarray, fn) -> np.ndarray:
@@ -59,6 +68,18 @@ def covariances(sessions) -> np.ndarray:
     return np.stack(out)
 
 
+def band_edges(sessions, low_hz: float, high_hz: float) -> np.ndarray:
+    """Normalised Fisher-z edges of each subject's runs band-passed to ``low_hz``-``high_hz``."""
+    conns = []
+    for s in sessions:
+        sos = butter(3, [low_hz, high_hz], btype="band", fs=s.sampling_rate_hz, output="sos")
+        runs = [sosfiltfilt(sos, r.astype(np.float64), axis=1).T for r in s.runs]
+        runs = [(r - r.mean(axis=0)) / np.where(r.std(axis=0) > 0, r.std(axis=0), 1.0)
+                for r in runs]
+        conns.append(fisher_z_connectivity(np.concatenate(runs), s.roi_mask))
+    return correlation_features(connectivity_features(conns))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the pooled outer MAE of each feature map under both protocols."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -73,22 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     iu = np.triu_indices(covs.shape[1], k=1)
     fixed = {"fisher-z": correlation_features(connectivity_features(
                  [s.conn for s in cohort.sessions])),
-             "log-euclidean": np.sqrt(2) * logs[:, iu[0], iu[1]]}
+             "log-euclidean": np.sqrt(2) * logs[:, iu[0], iu[1]],
+             **{name: band_edges(cohort.sessions, *hz) for name, hz in BANDS_HZ.items()}}
+    kernels = {name: x @ x.T for name, x in fixed.items()}
+    kernels["multi-band"] = (kernels["fisher-z"] + sum(kernels[b] for b in BANDS_HZ)) / 3
     print(f"{len(y)} subjects, {covs.shape[1]} ROIs; covariances in "
           f"{time.perf_counter() - t0:.0f} s")
     for protocol in ("loso", "kfold"):
         errors: dict[str, list[np.ndarray]] = {
-            "fisher-z": [], "tangent": [], "log-euclidean": [], "blend": []}
+            name: [] for name in ("fisher-z", "tangent", "log-euclidean", "blend", *BANDS_HZ,
+                                  "multi-band")}
         weights = []
         for train, test in outer_folds(cohort, protocol, seed=0):
             train, test = train[np.isfinite(y[train])], test[np.isfinite(y[test])]
             w, v = np.linalg.eigh(logs[train].mean(axis=0))
             white = (v * np.exp(-0.5 * w)) @ v.T  # inverse square root of the reference
             tangent = _sym_apply(white @ covs @ white, np.log)
-            features = {**fixed, "tangent": np.sqrt(2) * tangent[:, iu[0], iu[1]]}
+            tangent_edges = np.sqrt(2) * tangent[:, iu[0], iu[1]]
+            fold_kernels = {**kernels, "tangent": tangent_edges @ tangent_edges.T}
             pred, oof = {}, {}
-            for name, x in features.items():
-                pred[name], oof[name], _ = member(x @ x.T, y, cohort.sites, train, test)
+            for name, kernel in fold_kernels.items():
+                pred[name], oof[name], _ = member(kernel, y, cohort.sites, train, test)
                 errors[name].append(np.abs(np.exp(pred[name]) - y[test]))
             inner = [np.mean(np.abs(np.exp(a * oof["fisher-z"] + (1 - a) * oof["log-euclidean"])
                                     - y[train])) for a in WEIGHTS]

@@ -145,6 +145,15 @@ def test_element_budget_counts_every_factory_form():
         torch.ones(10, 11)
 
 
+def test_verifying_leaves_the_random_stream_alone(saved):
+    _, out = saved
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    verify_checkpoint(out)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_verifying_the_default_model_builds_nothing_on_the_meta_device():
     # the meta device's random fills import torch._dynamo (about 1.3 s of every participant run)
     code = ("import sys; from brainfm.models.checkpoint import resolve_model_dir, "

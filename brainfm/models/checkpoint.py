@@ -326,7 +326,8 @@ def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_pa
         with safe_open(str(weights_path), framework="pt") as weights:
             found = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
         budget = _ElementBudget(2 * sum(math.prod(s) for s in found.values()) + 2**20)
-        with budget:
+        # the build's random initialisation must not move the caller's random stream
+        with budget, torch.random.fork_rng(devices=[]):
             model = BrainFMEnsemble(spec) if spec is not None else BrainFM(config)
         expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     except CheckpointError as exc:

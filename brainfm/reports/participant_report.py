@@ -29,6 +29,7 @@ from brainfm.reports import Section, esc, format_value, html_table, render_page
 
 LOGGER = logging.getLogger(__name__)
 
+
 def run_key(entities: Mapping[str, Any]) -> str:
     """The key of one run in ``raw_roi_signals``: its derivative-name prefix.
 

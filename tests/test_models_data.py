@@ -31,6 +31,7 @@ from brainfm.models.timeseries import (
 from brainfm.models.windows import (
     SlidingWindowDataset,
     WindowDataset,
+    default_stride,
     random_window,
     sliding_windows,
 )
@@ -182,6 +183,10 @@ def test_sliding_and_random_windows() -> None:
     np.testing.assert_array_equal(
         random_window(runs, 32, rng_a), random_window(runs, 32, rng_b)
     )
+    # the default step is half a window (starts 0, 16, 32, 38 again); 0 or None mean default
+    np.testing.assert_array_equal(sliding_windows(runs, 32), w)
+    assert [default_stride(32), default_stride(32, 0), default_stride(32, 5),
+            default_stride(1)] == [16, 16, 5, 1]
 
 
 def test_window_datasets(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import torch
 from brainfm.errors import InputError
 from brainfm.models.sessions import SessionData, load_session, session_from_arrays
 from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ, RunFile
-from brainfm.models.windows import sliding_windows
+from brainfm.models.windows import default_stride, sliding_windows
 
 RunsLike = SessionData | Sequence[RunFile | Path | str | tuple[np.ndarray, float]]
 
@@ -158,8 +158,8 @@ def predict_subject(
     if window <= 0:
         raise InputError("the model card gives no window length")
     if stride is None:
-        stride = (card.get("prediction") or {}).get("stride") or max(1, window // 2)
-    windows = sliding_windows(session.runs, window, int(stride))
+        stride = (card.get("prediction") or {}).get("stride")
+    windows = sliding_windows(session.runs, window, default_stride(window, stride))
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)

@@ -25,6 +25,7 @@ from brainfm.models.sessions import SessionData, load_sessions
 from brainfm.models.targets import TargetSpec, load_participants, resolve_column, target_matrix
 from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ, find_timeseries
 from brainfm.models.train import finetune, prediction_card, pretrain
+from brainfm.models.windows import default_stride
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def base_card(kind: str, sessions: Sequence[SessionData], deriv_dirs: Sequence[P
         ),
         "window": window_length(cfg),
         "window_seconds": window_length(cfg) / opts.sampling_rate_hz,
-        "prediction": {"stride": opts.stride or max(1, window_length(cfg) // 2)},
+        "prediction": {"stride": default_stride(window_length(cfg), opts.stride)},
         "training": {
             "cohort": [str(Path(d)) for d in deriv_dirs],
             "n_sessions": len(sessions),

@@ -33,7 +33,7 @@ from brainfm.models.predict import predict_subject
 from brainfm.models.runtime import DistContext, seed_everything
 from brainfm.models.sessions import SessionData
 from brainfm.models.targets import TargetScaler, TargetSpec
-from brainfm.models.windows import SlidingWindowDataset, WindowDataset
+from brainfm.models.windows import SlidingWindowDataset, WindowDataset, default_stride
 
 LOGGER = logging.getLogger(__name__)
 
@@ -339,5 +339,5 @@ def prediction_card(scaler: TargetScaler, specs: Sequence[TargetSpec], cfg: Brai
              "std": float(scaler.std[k])}
             for k, s in enumerate(specs)
         ],
-        "prediction": {"stride": opts.stride or max(1, window_length(cfg) // 2)},
+        "prediction": {"stride": default_stride(window_length(cfg), opts.stride)},
     }

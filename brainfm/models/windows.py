@@ -19,6 +19,24 @@ def _pad_to(run: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def default_stride(window: int, stride: int | None = None) -> int:
+    """Step between sliding windows: ``stride`` when given (and not 0), else half a window.
+
+    Parameters
+    ----------
+    window : int
+        Window length in samples.
+    stride : int, optional
+        Requested step.
+
+    Returns
+    -------
+    int
+        The step, at least 1.
+    """
+    return max(1, int(stride) if stride else window // 2)
+
+
 def sliding_windows(
     runs: Sequence[np.ndarray], window: int, stride: int | None = None
 ) -> np.ndarray:
@@ -40,7 +58,7 @@ def sliding_windows(
     """
     if window < 1:
         raise ValueError("window must be positive")
-    stride = max(1, window // 2 if stride is None else int(stride))
+    stride = default_stride(window, stride)
     out: list[np.ndarray] = []
     for run in runs:
         run = _pad_to(np.asarray(run, dtype=np.float32), window)

@@ -16,7 +16,8 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
   (0, 0.5, 1, 2) chosen on the inner folds (``g = 0`` is the linear kernel);
 - ``inv-sqrt``: the target ``-1 / sqrt(age)`` instead of ``log(age)`` (Box-Cox with
   lambda = -1/2: it spreads the children further apart and squeezes the adults more than the
-  log does); the age-band table below compares it with the shipped member.
+  log does); ``t`` in the inner choices says which of the two the inner folds prefer, and the
+  age-band table below compares it with the shipped member.
 
 Usage (after ``accuracy.py`` has imported the data into its cache)::
 
@@ -103,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                      "wide-grid": member(linear, y, cohort.sites, train, test, WIDE_GRID)[0],
                      "5-inner": member(linear, y, cohort.sites, train, test, n_inner=5)[0]}
             years = {name: np.exp(value) for name, value in preds.items()}
-            inv_sqrt = member(linear, y, cohort.sites, train, test, transform="inv-sqrt")[0]
+            inv_sqrt, _, inv_sqrt_inner = member(linear, y, cohort.sites, train, test,
+                                                 transform="inv-sqrt")
             years["inv-sqrt"] = TRANSFORMS["inv-sqrt"][1](inv_sqrt)
+            transform = "inv-sqrt" if inv_sqrt_inner < rbf[0.0][2] else "log"
             for name, value in years.items():
                 errors[name].append(np.abs(value - y[test]))
             truth.append(y[test])
-            choices.append(f"b={b:.2f} g={g:g}")
+            choices.append(f"b={b:.2f} g={g:g} t={transform}")
         base = float(np.mean(np.concatenate(errors["shipped"])))
         print(f"\n{protocol}: pooled age MAE (ratio to shipped); inner choices per fold: "
               f"{', '.join(choices)}")

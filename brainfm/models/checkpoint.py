@@ -161,18 +161,25 @@ def verify_checkpoint(
     expected_atlas: str | None = None,
     expected_roi_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Every check of :func:`load_checkpoint`, without building the model; returns the card.
+    """Every check of :func:`load_checkpoint`, without reading the weights; returns the card.
 
     The files, the card's format, the weights' SHA-256, the atlas and ROI names, and the card's
-    architecture against the weights' tensor shapes (built under an element budget). The
-    participant level calls it before any work; its prediction node then loads the model.
+    architecture against the weights' tensor shapes (the model built under an element budget,
+    weights not loaded). The participant level calls it before any work; its prediction node
+    then loads the model.
 
     Raises
     ------
     CheckpointError
         As :func:`load_checkpoint`.
     """
-    folder = Path(model_dir)
+    return _verified_model(Path(model_dir), expected_atlas, expected_roi_names)[0]
+
+
+def _verified_model(folder: Path, expected_atlas: str | None,
+                    expected_roi_names: Sequence[str] | None
+                    ) -> tuple[dict[str, Any], BrainFM | BrainFMEnsemble]:
+    """The card and the (untrained) model it describes, after every check."""
     card_path = folder / CARD_FILE
     weights_path = folder / WEIGHTS_FILE
     if not folder.is_dir():
@@ -227,8 +234,7 @@ def verify_checkpoint(
         if isinstance(names, list) and len(names) != config.n_rois:
             raise CheckpointError(f"model card {card_path} lists {len(names)} roi_names but its "
                                   f"config has n_rois={config.n_rois}")
-    _check_shapes(spec, configs[0], weights_path, card_path)
-    return card
+    return card, _build_checked(spec, configs[0], weights_path, card_path)
 
 
 def load_checkpoint(
@@ -265,16 +271,12 @@ def load_checkpoint(
         or weights that do not fit the card's config. The message names the file.
     """
     folder = Path(model_dir)
-    card = verify_checkpoint(folder, expected_atlas, expected_roi_names)
+    card, model = _verified_model(folder, expected_atlas, expected_roi_names)
     card_path, weights_path = folder / CARD_FILE, folder / WEIGHTS_FILE
-    spec = card.get("ensemble")
     try:
         state = load_file(str(weights_path), device=str(torch.device(map_location)))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"cannot read weights file {weights_path}: {exc}") from exc
-    model: BrainFM | BrainFMEnsemble = (
-        BrainFMEnsemble(spec) if spec is not None
-        else BrainFM(BrainFMConfig.from_dict(card.get("config") or {})))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -314,13 +316,13 @@ class _ElementBudget(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_path: Path,
-                  card_path: Path) -> None:
-    """Compare the card's architecture with the weights' tensor shapes.
+def _build_checked(spec: dict[str, Any] | None, config: BrainFMConfig, weights_path: Path,
+                   card_path: Path) -> BrainFM | BrainFMEnsemble:
+    """Build the card's model and check it against the weights' tensor shapes.
 
     The card is not covered by the weights' hash, so the model it describes is built under an
     element budget (twice the weights' elements, :class:`_ElementBudget`): a card asking for a
-    huge model fails here, not in a 9 GB allocation.
+    huge model fails here, not in a 9 GB allocation. Returns the model (weights not loaded).
     """
     try:
         with safe_open(str(weights_path), framework="pt") as weights:
@@ -345,6 +347,7 @@ def _check_shapes(spec: dict[str, Any] | None, config: BrainFMConfig, weights_pa
             f"model card {card_path} does not describe its weights {weights_path}: "
             f"{len(wrong)} tensor(s) differ, e.g. {name} is {found.get(name)} in the weights but "
             f"{expected.get(name)} by the card. Restore the card that was saved with the weights.")
+    return model
 
 
 def resolve_model_dir(name: str | os.PathLike[str]) -> Path:

@@ -471,7 +471,8 @@ def brainfm_records(cohort: Cohort, folds: list[tuple[np.ndarray, np.ndarray]],
             if "stacking" in res:  # what the recipe chose on its inner site folds
                 rec["recipe_choices"] = {
                     name: {"network_weight": st["network_weight"],
-                           "transform": st.get("transform")}
+                           "transform": st.get("transform"),
+                           "segments": st.get("segments", 0)}
                     for name, st in res["stacking"].items()}
             out.setdefault(variant, []).append(rec)
     for recs in out.values():
@@ -678,7 +679,8 @@ def render_evaluation(block: dict[str, Any]) -> list[str]:
                   f"{float(np.median(weights)):g}; 0 in {sum(w == 0 for w in weights)} of "
                   f"{len(weights)} folds); transform " + ", ".join(
                       f"{t} in {n} of {len(choices)} folds" for t, n in transforms.items())
-                  + "."]
+                  + "; linear member trained with sub-segment connectivity added in "
+                  f"{sum(c.get('segments', 0) > 0 for c in choices)} of {len(choices)} folds."]
     if block["protocol"] == PROTOCOLS["loso"]:
         models = [m for m in ("krr", "ridge", "recipe", "recipe-linear", "recipe-network")
                   if m in ev["sites"]]

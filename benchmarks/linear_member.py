@@ -19,10 +19,11 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
   log does); ``t`` in the inner choices says which of the two the inner folds prefer;
 - ``half-segments``: augmentation of the training set with connectivity from sub-segments
   (the issue's suggestion): every training subject adds two rows, the Fisher-z edges of the
-  first and of the second half of its (resampled, concatenated) series, with its own age.
-  Test subjects are predicted from their whole-session edges, as in the shipped member; the
-  inner folds keep a subject's three rows together and predict from whole-session rows only;
-  ``a`` in the inner choices says whether they prefer it to the shipped member.
+  first and of the second half of its (resampled, concatenated) series, with its own age
+  (``stacking.fit_linear`` with ``segments``, what the recipe now chooses from). Test subjects
+  are predicted from their whole-session edges, as in the shipped member; the inner folds keep
+  a subject's three rows together and predict from whole-session rows only; ``a`` in the inner
+  choices says whether they prefer it to the whole-session member.
 
 The age-band table compares the shipped member with ``inv-sqrt`` and ``half-segments``.
 
@@ -49,8 +50,7 @@ from brainfm.models.baselines import (
     out_of_fold,
 )
 from brainfm.models.options import TrainOptions
-from brainfm.models.stacking import inner_site_folds
-from brainfm.models.timeseries import fisher_z_connectivity
+from brainfm.models.stacking import fit_linear, inner_site_folds, segment_edges
 
 #: Target transforms: name -> (forward, inverse).
 TRANSFORMS = {"log": (np.log, np.exp),
@@ -75,34 +75,14 @@ def member(kernel: np.ndarray, y: np.ndarray, sites: np.ndarray, train: np.ndarr
     return pred, oof[best], float(mae[best])
 
 
-def half_segment_edges(session, half: int) -> np.ndarray:
-    """Fisher-z connectivity of the first (``half`` 0) or second half of a session's series."""
-    series = np.concatenate([run.T for run in session.runs]).astype(np.float64)
-    middle = series.shape[0] // 2
-    part = series[:middle] if half == 0 else series[middle:]
-    sd = part.std(axis=0)
-    part = (part - part.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    return fisher_z_connectivity(part, session.roi_mask)
-
-
-def augmented_member(gram: np.ndarray, owner: np.ndarray, y: np.ndarray, sites: np.ndarray,
+def augmented_member(edges: np.ndarray, halves: np.ndarray, y: np.ndarray, sites: np.ndarray,
                      train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
-    """Log-age kernel ridge trained on every row of ``gram`` whose ``owner`` is a training
-    subject (rows ``0..n-1``: whole sessions, the rest: sub-segments); (test predictions in
-    log units, inner MAE in years). Inner folds hold out whole sites, all rows of a subject
-    together, and score whole-session rows only."""
-    n = len(y)
-    rows = {subject: np.flatnonzero(owner == subject) for subject in range(n)}
-    log_y = np.log(y)[owner]
+    """The recipe's linear member (``stacking.fit_linear``) trained with the two half-session
+    rows of each training subject added: (test predictions in log units, inner MAE in years)."""
     folds = inner_site_folds(sites[train], 3, 0)
-    oof = np.empty((len(ALPHA_GRID), len(train)))
-    for fold in folds:
-        kept = np.concatenate([rows[s] for s in np.delete(train, fold)])
-        oof[:, fold] = kernel_ridge_predict(gram, log_y, kept, train[fold], ALPHA_GRID)
-    mae = np.mean(np.abs(np.exp(oof) - y[train][None]), axis=1)
-    best = int(np.argmin(mae))
-    kept = np.concatenate([rows[s] for s in train])
-    return kernel_ridge_predict(gram, log_y, kept, test, [ALPHA_GRID[best]])[0], float(mae[best])
+    fit = fit_linear(edges[train], np.log(y[train]), y[train], folds, np.exp, halves[train])
+    pred = (edges[test] - fit["center"]) @ fit["weight"] + fit["intercept"]
+    return pred, min(fit["scores"].values())
 
 
 def affine(oof: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -127,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     edges = correlation_features(connectivity_features([s.conn for s in cohort.sessions]))
     linear = edges @ edges.T
     kernels = {g: linear if g == 0 else np.exp(-2.0 * g * (1.0 - linear)) for g in GAMMAS}
-    halves = [correlation_features(connectivity_features(
-        [half_segment_edges(s, half) for s in cohort.sessions])) for half in (0, 1)]
-    augmented = np.vstack([edges, *halves])
-    gram, owner = augmented @ augmented.T, np.tile(np.arange(len(y)), 3)
+    halves = segment_edges(cohort.sessions, 2)
     print(f"{len(y)} subjects, {edges.shape[1]} edges")
     for protocol in ("loso", "kfold"):
         errors: dict[str, list[np.ndarray]] = {
@@ -151,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  transform="inv-sqrt")
             years["inv-sqrt"] = TRANSFORMS["inv-sqrt"][1](inv_sqrt)
             transform = "inv-sqrt" if inv_sqrt_inner < rbf[0.0][2] else "log"
-            half_segments, half_inner = augmented_member(gram, owner, y, cohort.sites, train,
+            half_segments, half_inner = augmented_member(edges, halves, y, cohort.sites, train,
                                                          test)
             years["half-segments"] = np.exp(half_segments)
             augment = "yes" if half_inner < rbf[0.0][2] else "no"

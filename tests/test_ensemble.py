@@ -137,25 +137,89 @@ def test_fit_ensemble_members_hold_out_sites(fitted: tuple) -> None:
         halves = target["interval_halfwidth"]
         assert 0 < halves["0.5"] <= halves["0.9"]
         assert 0.0 <= target["network_weight"] <= 1.0
-    # each target's transform is the candidate whose linear member did best on the inner folds
+    # each target's transform and augmentation are the candidate whose linear member did best
+    # on the inner folds
     for target in spec["targets"]:
-        scores = info["stacking"][target["name"]]["oof_mae_by_transform"]
-        assert set(scores) == set(S.TRANSFORM_CANDIDATES)
-        assert target["transform"] == min(scores, key=scores.get)
+        choice = info["stacking"][target["name"]]
+        scores = choice["oof_mae_by_linear_candidate"]
+        assert set(scores) == {S.linear_candidate_name(t, c) for t in S.TRANSFORM_CANDIDATES
+                               for c in S.SEGMENT_CANDIDATES}
+        best = min(scores, key=scores.get)
+        assert best == S.linear_candidate_name(target["transform"], choice["segments"])
+        assert target["linear"]["training_segments"] == choice["segments"]
 
 
-def test_choose_transform_finds_the_scale_of_the_relation() -> None:
+def test_choose_linear_finds_the_scale_of_the_relation() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 40))
     sites = np.repeat(np.arange(6), 20)
     folds = S.inner_site_folds(sites, 3, seed=0)
     signal = x[:, 0] - x[:, 1]
     skewed = np.exp(2.5 + 0.6 * signal)  # linear in log: ages 5 to 60
-    assert S.choose_transform(x, skewed, folds)[0] == "log"
-    assert S.choose_transform(x, 30 + 5 * signal, folds)[0] == "identity"
+    assert S.choose_linear(x, skewed, folds)[:2] == ("log", 0)
+    assert S.choose_linear(x, 30 + 5 * signal, folds)[:2] == ("identity", 0)
     # log is never offered for values that are not all positive
-    name, _, scores = S.choose_transform(x, 5 * signal, folds)
+    name, _, _, scores = S.choose_linear(x, 5 * signal, folds)
     assert name == "identity" and set(scores) == {"identity"}
+
+
+def test_choose_linear_takes_augmentation_only_when_it_helps_held_out_subjects() -> None:
+    rng = np.random.default_rng(1)
+    n, p = 150, 100
+    latent = rng.normal(size=(n, p))  # each subject's brain; the target is linear in it
+    y = latent @ rng.normal(size=p)
+    x = latent + rng.normal(size=(n, p))  # its whole-session measurement
+    folds = S.inner_site_folds(np.repeat(np.arange(6), n // 6), 3, seed=0)
+    # two more, independent measurements of the same brains (as the halves of a session are):
+    # more rows with the right targets average the measurement noise out of the fit
+    views = latent[:, None, :] + rng.normal(size=(n, 2, p))
+    name, count, _, scores = S.choose_linear(x, y, folds, ("identity",), {0: None, 2: views})
+    assert (name, count) == ("identity", 2)
+    assert scores["identity+2 segments"] < scores["identity"]
+    # views unrelated to their subject only add noise: whole sessions alone win
+    foreign = rng.normal(size=(n, 2, p))
+    assert S.choose_linear(x, y, folds, ("identity",), {0: None, 2: foreign})[1] == 0
+
+
+def test_fit_linear_without_segments_is_site_fold_kernel_ridge() -> None:
+    rng = np.random.default_rng(2)
+    x = correlation_features(rng.normal(size=(90, 50)))
+    y = x[:, 0] * 3 + 0.1 * rng.normal(size=90)
+    folds = S.inner_site_folds(np.repeat(np.arange(6), 15), 3, seed=0)
+    fit = S.fit_linear(x, y, y, folds, lambda v: v)
+    kernel = x @ x.T
+    alpha = fit["alpha"]
+    for held in folds:  # the reference: kernel ridge on the other folds, in its dual form
+        rest = np.setdiff1d(np.arange(90), held)
+        ref = kernel_ridge_predict(kernel, y, rest, held, [alpha])[0]
+        np.testing.assert_allclose(fit["oof"][held], ref, rtol=1e-8, atol=1e-10)
+    weight, center, intercept = fit_primal_ridge(x, y, alpha)
+    np.testing.assert_allclose(fit["weight"], weight)
+
+
+def test_fit_linear_with_segments_trains_each_fold_on_other_subjects_rows_only() -> None:
+    rng = np.random.default_rng(3)
+    n, p = 90, 50
+    x = correlation_features(rng.normal(size=(n, p)))
+    y = x[:, 0] * 3 + 0.1 * rng.normal(size=n)
+    folds = S.inner_site_folds(np.repeat(np.arange(6), 15), 3, seed=0)
+    views = x[:, None, :] + 0.3 * rng.normal(size=(n, 2, p))
+    fit = S.fit_linear(x, y, y, folds, lambda v: v, views)
+    # reference in primal form: per fold, ridge on every row (whole session and both halves)
+    # of the other folds' subjects, predicting the held-out subjects' whole sessions
+    for held in folds:
+        rest = np.setdiff1d(np.arange(n), held)
+        rows = np.concatenate([x[rest], views[rest].reshape(-1, p)])
+        targets = np.concatenate([y[rest], np.repeat(y[rest], 2)])
+        weight, center, intercept = fit_primal_ridge(rows, targets, fit["alpha"])
+        np.testing.assert_allclose(fit["oof"][held], (x[held] - center) @ weight + intercept,
+                                   rtol=1e-7, atol=1e-9)
+    # the shipped member is refitted on all rows
+    weight, _, intercept = fit_primal_ridge(
+        np.concatenate([x, views.reshape(-1, p)]), np.concatenate([y, np.repeat(y, 2)]),
+        fit["alpha"])
+    np.testing.assert_allclose(fit["weight"], weight)
+    assert fit["intercept"] == pytest.approx(intercept)
 
 
 def test_stacking_weight_minimises_oof_mae(fitted: tuple) -> None:

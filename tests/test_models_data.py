@@ -12,7 +12,7 @@ import torch
 
 from brainfm.derivatives import parse_entities
 from brainfm.errors import InputError, UsageError
-from brainfm.models.sessions import load_session, load_sessions
+from brainfm.models.sessions import load_session, load_sessions, segment_connectivity
 from brainfm.models.targets import (
     TargetScaler,
     TargetSpec,
@@ -170,6 +170,34 @@ def test_runs_of_a_session_are_combined(tmp_path: Path) -> None:
     np.testing.assert_allclose(s1.conn, fisher_z_connectivity(z, np.ones(6, bool)), atol=1e-5)
     with pytest.raises(InputError, match="ROI names"):
         load_session(find_timeseries(tmp_path, "CC200")[:1], expected_roi_names=ROIS[:5])
+
+
+def test_segment_connectivity_is_each_parts_correlation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    first = rng.normal(size=(70, 6))
+    second = rng.normal(size=(70, 6))
+    second[:, 2] = second[:, 0] + 0.1 * rng.normal(size=70)  # coupled in the second run only
+    second[:, 4] = 3.0  # constant: masked in the whole session
+    _write(tmp_path, "01", first, tr=2.0, run="1")
+    _write(tmp_path, "01", second, tr=2.0, run="2")
+    (session,) = load_sessions(find_timeseries(tmp_path, "CC200"))
+    series = np.concatenate([run.T for run in session.runs]).astype(np.float64)
+    mask = session.roi_mask
+    assert not mask[4]
+    for n_segments in (1, 2, 3):
+        parts = segment_connectivity(session, n_segments)
+        bounds = np.linspace(0, series.shape[0], n_segments + 1).astype(int)
+        assert len(parts) == n_segments
+        for part, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
+            ref = np.corrcoef(series[lo:hi][:, mask].T)  # float64 reference
+            np.fill_diagonal(ref, 0)
+            np.testing.assert_allclose(part[np.ix_(mask, mask)], np.arctanh(ref), atol=1e-5)
+            assert np.all(part[~mask] == 0) and np.all(part[:, ~mask] == 0)
+    # equal runs: the halves are the runs, and the second run's coupling shows in it only
+    first_half, second_half = segment_connectivity(session, 2)
+    assert second_half[0, 2] > 1.0 > abs(first_half[0, 2])
+    with pytest.raises(ValueError, match="at least 1"):
+        segment_connectivity(session, 0)
 
 
 def test_sliding_and_random_windows() -> None:

@@ -202,6 +202,34 @@ def session_from_arrays(
     )
 
 
+def segment_connectivity(session: SessionData, n_segments: int) -> list[np.ndarray]:
+    """Fisher-z connectivity of consecutive, equal parts of a session's series.
+
+    The session's (resampled, standardised) runs are concatenated and cut into ``n_segments``
+    parts (the first ones a time point shorter when the length does not divide); each part's
+    connectivity is a noisier view of the same brain, which the linear members train on as
+    augmentation (:func:`brainfm.models.stacking.fit_linear`).
+
+    Parameters
+    ----------
+    session : SessionData
+        The session.
+    n_segments : int
+        Number of parts (at least 1).
+
+    Returns
+    -------
+    list of ndarray of shape (N, N), float32
+        One connectivity matrix per part, in time order.
+    """
+    if n_segments < 1:
+        raise ValueError(f"n_segments must be at least 1, not {n_segments}")
+    series = np.concatenate([run.T for run in session.runs]).astype(np.float64)
+    bounds = np.linspace(0, series.shape[0], n_segments + 1).astype(int)
+    return [fisher_z_connectivity(series[lo:hi], session.roi_mask)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _runfile_from_path(path: Path) -> RunFile:
     ent = parse_entities(path.name)
     if "sub" not in ent:

@@ -10,7 +10,9 @@ The recipe (chosen and measured on leave-site-out, ``benchmarks/accuracy.py``):
    age). Each member then predicts its held-out fold, which it never saw, so every training
    subject gets one unbiased out-of-site network prediction.
 3. Linear members: ridge on normalised Fisher-z edges (kernel ridge with a correlation kernel)
-   per target, penalty chosen on the same inner folds; their out-of-fold predictions too.
+   per target, penalty, target transform and augmentation (each training subject adds the
+   connectivity of the two halves of its series as extra rows) chosen on the same inner folds;
+   their out-of-fold predictions too.
 4. Stacking: per target the weight of the network mean against the linear member that
    minimises the out-of-fold MAE (raw units) on a grid of 0, 0.05, ..., 1.
 5. Calibration: split-conformal half-widths of the stacked out-of-fold residuals (transformed
@@ -36,7 +38,7 @@ from brainfm.models.baselines import (
     connectivity_features,
     correlation_features,
     fit_primal_ridge,
-    out_of_fold,
+    kernel_ridge_predict,
 )
 from brainfm.models.ensemble import (
     INTERVAL_LEVELS,
@@ -50,7 +52,7 @@ from brainfm.models.model import BrainFM, BrainFMConfig
 from brainfm.models.options import TrainOptions
 from brainfm.models.runs import base_card, load_cohort, participants_path
 from brainfm.models.runtime import DistContext, setup
-from brainfm.models.sessions import SessionData
+from brainfm.models.sessions import SessionData, segment_connectivity
 from brainfm.models.targets import TargetSpec
 from brainfm.models.train import finetune, predict_sessions, prediction_card, pretrain
 
@@ -60,6 +62,10 @@ WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2).tolist())
 #: the skewed age distribution too, but their inverse is unbounded at a finite value, so the
 #: upper interval bound of an adult runs off to centuries: they are not offered.
 TRANSFORM_CANDIDATES = ("identity", "log")
+#: Augmentations the recipe chooses from on its inner folds: the number of consecutive parts of
+#: each training subject's series whose connectivity joins the linear member's training rows
+#: (0: whole sessions only). Measured in ``benchmarks/linear_member.py`` (``half-segments``).
+SEGMENT_CANDIDATES = (0, 2)
 
 
 @dataclass
@@ -75,7 +81,10 @@ class RecipeOptions:
     transforms : dict, optional
         Fixed target transform by name (``log`` or ``identity``). A target not named is given
         the transform of :data:`TRANSFORM_CANDIDATES` whose linear member has the lowest
-        held-out-site MAE on the inner folds (:func:`choose_transform`).
+        held-out-site MAE on the inner folds (:func:`choose_linear`).
+    segment_candidates : tuple of int
+        Augmentations of the linear members' training rows to choose from on the inner folds
+        (:data:`SEGMENT_CANDIDATES`); ``(0,)`` turns augmentation off.
     ood_quantile : float
         Training quantile of the similarity below which a subject is flagged.
     """
@@ -83,6 +92,7 @@ class RecipeOptions:
     n_members: int = 3
     network_targets: tuple[str, ...] = ("age",)
     transforms: dict[str, str] | None = None
+    segment_candidates: tuple[int, ...] = SEGMENT_CANDIDATES
     ood_quantile: float = 0.01
 
 
@@ -168,7 +178,7 @@ def _stack_weight(y: np.ndarray, network: np.ndarray, linear: np.ndarray, invers
 
 
 def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
-               inverse: Any) -> dict[str, Any]:
+               inverse: Any, segments: np.ndarray | None = None) -> dict[str, Any]:
     """Linear member of one target: penalty on the inner folds, refit on all, out-of-fold.
 
     Parameters
@@ -181,6 +191,10 @@ def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: lis
         Inner folds (positions).
     inverse : callable
         Inverse transform (the penalty minimises the raw-unit MAE).
+    segments : ndarray of shape (n, s, p), optional
+        Normalised edges of ``s`` parts of each subject's series (:func:`segment_edges`):
+        extra training rows with the subject's target. An inner fold holds out all rows of its
+        subjects and predicts them from their whole-session edges, as a new subject is.
 
     Returns
     -------
@@ -188,21 +202,57 @@ def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: lis
         ``weight``, ``center``, ``intercept``, ``alpha``, ``oof`` (transformed) and the
         inner ``scores`` per penalty.
     """
-    kernel = edges @ edges.T
-    idx = np.arange(edges.shape[0])
-    oof = out_of_fold(kernel, y_t, idx, ALPHA_GRID, len(folds), 0, folds=folds)
+    n = edges.shape[0]
+    rows, owner = edges, np.arange(n)
+    if segments is not None and segments.shape[1]:
+        rows = np.concatenate([edges, segments.reshape(-1, edges.shape[1])])
+        owner = np.concatenate([owner, np.repeat(owner, segments.shape[1])])
+    kernel = rows @ rows.T
+    y_rows = y_t[owner]
+    oof = np.empty((len(ALPHA_GRID), n))
+    for held in folds:
+        kept = np.flatnonzero(~np.isin(owner, held))
+        oof[:, held] = kernel_ridge_predict(kernel, y_rows, kept, held, ALPHA_GRID)
     mae = np.mean(np.abs(inverse(oof) - y_raw[None, :]), axis=1)
     best = int(np.argmin(mae))
-    weight, center, intercept = fit_primal_ridge(edges, y_t, ALPHA_GRID[best])
+    weight, center, intercept = fit_primal_ridge(rows, y_rows, ALPHA_GRID[best])
     return {"weight": weight, "center": center, "intercept": intercept,
             "alpha": float(ALPHA_GRID[best]), "oof": oof[best],
             "scores": {f"{a:g}": float(m) for a, m in zip(ALPHA_GRID, mae, strict=True)}}
 
 
-def choose_transform(edges: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
-                     candidates: Sequence[str] = TRANSFORM_CANDIDATES
-                     ) -> tuple[str, dict[str, Any], dict[str, float]]:
-    """The target transform whose linear member predicts the held-out folds best.
+def segment_edges(sessions: Sequence[SessionData], n_segments: int) -> np.ndarray:
+    """Normalised edges of ``n_segments`` parts of each session's series.
+
+    Parameters
+    ----------
+    sessions : sequence of SessionData
+        The sessions.
+    n_segments : int
+        Parts per session (0: none).
+
+    Returns
+    -------
+    ndarray of shape (len(sessions), n_segments, p)
+        Edges as :func:`~brainfm.models.baselines.correlation_features` normalises them.
+    """
+    if n_segments == 0:
+        return np.zeros((len(sessions), 0, 0))
+    conn = [c for s in sessions for c in segment_connectivity(s, n_segments)]
+    edges = correlation_features(connectivity_features(conn))
+    return edges.reshape(len(sessions), n_segments, -1)
+
+
+def linear_candidate_name(transform: str, n_segments: int) -> str:
+    """Name of a linear-member candidate in the card (``log``, ``log+2 segments``)."""
+    return transform if n_segments == 0 else f"{transform}+{n_segments} segments"
+
+
+def choose_linear(edges: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
+                  transforms: Sequence[str] = TRANSFORM_CANDIDATES,
+                  segments: dict[int, np.ndarray] | None = None
+                  ) -> tuple[str, int, dict[str, Any], dict[str, float]]:
+    """The target transform and augmentation whose linear member predicts held-out folds best.
 
     Parameters
     ----------
@@ -212,27 +262,38 @@ def choose_transform(edges: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarra
         Raw targets (all finite; ``log`` is skipped when one is not positive).
     folds : list of ndarray
         Inner folds (positions).
-    candidates : sequence of str, optional
+    transforms : sequence of str, optional
         Names in :data:`~brainfm.models.ensemble.TRANSFORMS`.
+    segments : dict, optional
+        Augmentation candidates: number of parts -> their edges (:func:`segment_edges`, rows
+        of the same subjects). Default: none (whole sessions only).
 
     Returns
     -------
-    name : str
-        The chosen transform (lowest held-out MAE in raw units, over its best penalty).
+    transform : str
+        The chosen transform.
+    n_segments : int
+        The chosen augmentation (0: none).
     fit : dict
         Its linear member (:func:`fit_linear`).
     scores : dict
-        Held-out MAE of each candidate.
+        Held-out MAE (raw units, at its best penalty) of each candidate, by
+        :func:`linear_candidate_name`.
     """
-    fits, scores = {}, {}
-    for name in candidates:
+    segments = segments or {0: None}
+    fits, scores, order = {}, {}, []
+    for name in transforms:
         if name == "log" and not np.all(y_raw > 0):
             continue
         forward, inverse = TRANSFORMS[name]
-        fits[name] = fit_linear(edges, forward(y_raw), y_raw, folds, inverse)
-        scores[name] = min(fits[name]["scores"].values())
-    best = min(scores, key=lambda nm: (scores[nm], candidates.index(nm)))
-    return best, fits[best], scores
+        for count, parts in segments.items():
+            key = linear_candidate_name(name, count)
+            fits[key] = (name, count, fit_linear(edges, forward(y_raw), y_raw, folds, inverse,
+                                                 parts))
+            scores[key] = min(fits[key][2]["scores"].values())
+            order.append(key)
+    best = min(scores, key=lambda key: (scores[key], order.index(key)))
+    return fits[best][0], fits[best][1], fits[best][2], scores
 
 
 def fit_ensemble(
@@ -289,20 +350,22 @@ def fit_ensemble(
         raise InputError(f"{label}: {n} subjects are too few for {recipe.n_members} members")
     folds = inner_site_folds(sites, recipe.n_members, opts.seed)
     edges = correlation_features(connectivity_features([s.conn for s in sessions]))
+    parts = {count: segment_edges(sessions, count) for count in recipe.segment_candidates}
     names = [s.name for s in specs]
     net_names = [nm for nm in names if nm in recipe.network_targets]
     net_cols = [names.index(nm) for nm in net_names]
     # linear members first: they choose each target's transform, which the networks then learn
     fixed = recipe.transforms or {}
-    chosen, linear_fits, subjects, transform_scores = {}, {}, {}, {}
+    chosen, augmented, linear_fits, subjects, linear_scores = {}, {}, {}, {}, {}
     for k, name in enumerate(names):
         ok = np.flatnonzero(np.isfinite(y_raw[:, k]))
         if ok.size < 2 * recipe.n_members:
             raise InputError(f"{label}: only {ok.size} subjects have a value for {name}")
         sub_folds = inner_site_folds(sites[ok], recipe.n_members, opts.seed)
         candidates = (fixed[name],) if name in fixed else TRANSFORM_CANDIDATES
-        chosen[name], linear_fits[name], transform_scores[name] = choose_transform(
-            edges[ok], y_raw[ok, k], sub_folds, candidates)
+        chosen[name], augmented[name], linear_fits[name], linear_scores[name] = choose_linear(
+            edges[ok], y_raw[ok, k], sub_folds, candidates,
+            {count: p[ok] for count, p in parts.items()})
         subjects[name] = ok
     y_t = np.column_stack([TRANSFORMS[chosen[nm]][0](y_raw[:, k]) for k, nm in enumerate(names)])
     members, member_specs, member_info = [], [], []
@@ -345,8 +408,8 @@ def fit_ensemble(
         else:
             weight, scores, stacked = 0.0, {}, lin["oof"]
         stacking[name] = {"network_weight": weight, "oof_mae_by_weight": scores,
-                          "transform": chosen[name],
-                          "oof_mae_by_transform": transform_scores[name]}
+                          "transform": chosen[name], "segments": augmented[name],
+                          "oof_mae_by_linear_candidate": linear_scores[name]}
         residual = y_t[ok, k] - stacked
         halves = {f"{lv:g}": conformal_halfwidth(residual, lv) for lv in INTERVAL_LEVELS}
         target_specs.append({
@@ -354,7 +417,8 @@ def fit_ensemble(
             "network_weight": weight, "interval_halfwidth": halves,
             "interval_space": chosen[name],
             "linear": {"alpha": lin["alpha"], "features": "Fisher-z edges, each subject's "
-                       "vector centred and scaled to unit norm (correlation kernel)"},
+                       "vector centred and scaled to unit norm (correlation kernel)",
+                       "training_segments": augmented[name]},
             "n_subjects": int(ok.size),
         })
         oof_out[name] = {

@@ -6,7 +6,8 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
 ``ALPHA_GRID``. Each variant below changes one choice, with the same protocol as the recipe
 (every choice made on inner site folds of the outer training subjects only):
 
-- ``shipped``: the recipe's member;
+- ``shipped``: the recipe's member on whole sessions only (what shipped before the
+  augmentation below; the name is kept so that earlier results read the same);
 - ``wide-grid``: penalties down to 1e-6 (the shipped choice often sits at the grid's floor);
 - ``5-inner``: 5 inner site folds instead of 3;
 - ``affine``: the prediction recalibrated as ``a + b * pred`` (log age), ``b`` and ``a`` by
@@ -23,7 +24,10 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
   (``stacking.fit_linear`` with ``segments``, what the recipe now chooses from). Test subjects
   are predicted from their whole-session edges, as in the shipped member; the inner folds keep
   a subject's three rows together and predict from whole-session rows only; ``a`` in the inner
-  choices says whether they prefer it to the whole-session member.
+  choices says whether they prefer it to the whole-session member;
+- ``3-segments``, ``4-segments``: the same with the series cut into three or four consecutive
+  parts (shorter, noisier views; more rows); ``s`` in the inner choices is the
+  number of parts the inner folds prefer among 2, 3 and 4.
 
 The age-band table compares the shipped member with ``inv-sqrt`` and ``half-segments``.
 
@@ -55,6 +59,8 @@ from brainfm.models.stacking import fit_linear, inner_site_folds, segment_edges
 #: Target transforms: name -> (forward, inverse).
 TRANSFORMS = {"log": (np.log, np.exp),
               "inv-sqrt": (lambda v: -1.0 / np.sqrt(v), lambda v: 1.0 / np.square(v))}
+#: Augmentation variants: name -> number of consecutive parts of each training subject's series.
+SEGMENT_VARIANTS = {"half-segments": 2, "3-segments": 3, "4-segments": 4}
 WIDE_GRID = tuple(float(a) for a in np.logspace(-6, 3, 19))
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 SLOPES = np.linspace(0.8, 1.6, 81)
@@ -75,12 +81,12 @@ def member(kernel: np.ndarray, y: np.ndarray, sites: np.ndarray, train: np.ndarr
     return pred, oof[best], float(mae[best])
 
 
-def augmented_member(edges: np.ndarray, halves: np.ndarray, y: np.ndarray, sites: np.ndarray,
+def augmented_member(edges: np.ndarray, segments: np.ndarray, y: np.ndarray, sites: np.ndarray,
                      train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
-    """The recipe's linear member (``stacking.fit_linear``) trained with the two half-session
-    rows of each training subject added: (test predictions in log units, inner MAE in years)."""
+    """The recipe's linear member (``stacking.fit_linear``) trained with each training
+    subject's sub-segment rows added: (test predictions in log units, inner MAE in years)."""
     folds = inner_site_folds(sites[train], 3, 0)
-    fit = fit_linear(edges[train], np.log(y[train]), y[train], folds, np.exp, halves[train])
+    fit = fit_linear(edges[train], np.log(y[train]), y[train], folds, np.exp, segments[train])
     pred = (edges[test] - fit["center"]) @ fit["weight"] + fit["intercept"]
     return pred, min(fit["scores"].values())
 
@@ -107,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     edges = correlation_features(connectivity_features([s.conn for s in cohort.sessions]))
     linear = edges @ edges.T
     kernels = {g: linear if g == 0 else np.exp(-2.0 * g * (1.0 - linear)) for g in GAMMAS}
-    halves = segment_edges(cohort.sessions, 2)
+    parts = {name: segment_edges(cohort.sessions, count)
+             for name, count in SEGMENT_VARIANTS.items()}
     print(f"{len(y)} subjects, {edges.shape[1]} edges")
     for protocol in ("loso", "kfold"):
         errors: dict[str, list[np.ndarray]] = {
             k: [] for k in ("shipped", "wide-grid", "5-inner", "affine", "rbf", "inv-sqrt",
-                            "half-segments")}
+                            *SEGMENT_VARIANTS)}
         truth, choices = [], []
         for train, test in outer_folds(cohort, protocol, seed=0):
             train, test = train[np.isfinite(y[train])], test[np.isfinite(y[test])]
@@ -128,14 +135,17 @@ def main(argv: list[str] | None = None) -> int:
                                                  transform="inv-sqrt")
             years["inv-sqrt"] = TRANSFORMS["inv-sqrt"][1](inv_sqrt)
             transform = "inv-sqrt" if inv_sqrt_inner < rbf[0.0][2] else "log"
-            half_segments, half_inner = augmented_member(edges, halves, y, cohort.sites, train,
-                                                         test)
-            years["half-segments"] = np.exp(half_segments)
-            augment = "yes" if half_inner < rbf[0.0][2] else "no"
+            inner = {}
+            for name in SEGMENT_VARIANTS:
+                augmented, inner[name] = augmented_member(edges, parts[name], y, cohort.sites,
+                                                          train, test)
+                years[name] = np.exp(augmented)
+            augment = "yes" if inner["half-segments"] < rbf[0.0][2] else "no"
+            segments = min(SEGMENT_VARIANTS, key=inner.get)
             for name, value in years.items():
                 errors[name].append(np.abs(value - y[test]))
             truth.append(y[test])
-            choices.append(f"b={b:.2f} g={g:g} t={transform} a={augment}")
+            choices.append(f"b={b:.2f} g={g:g} t={transform} a={augment} s={segments}")
         base = float(np.mean(np.concatenate(errors["shipped"])))
         print(f"\n{protocol}: pooled age MAE (ratio to shipped); inner choices per fold: "
               f"{', '.join(choices)}")
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<14}{mae:7.3f}{mae / base:8.3f}")
         true_age = np.concatenate(truth)
         print(f"  by age band: {'':<4}" + "".join(f"{band:>8}" for band in AGE_BANDS))
-        for name in ("shipped", "inv-sqrt", "half-segments"):
+        for name in ("shipped", "inv-sqrt", *SEGMENT_VARIANTS):
             err = np.concatenate(errors[name])
             print(f"  {name:<16}" + "".join(
                 f"{np.mean(err[(true_age >= lo) & (true_age < hi)]):8.2f}"

@@ -44,7 +44,7 @@ from brainfm.models.baselines import (
     correlation_features,
 )
 from brainfm.models.options import TrainOptions
-from brainfm.models.timeseries import fisher_z_connectivity
+from brainfm.models.timeseries import fisher_z_connectivity, standardise
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 #: Frequency bands of the band-limited connectivity (Hz).
@@ -73,9 +73,8 @@ def band_edges(sessions, low_hz: float, high_hz: float) -> np.ndarray:
     conns = []
     for s in sessions:
         sos = butter(3, [low_hz, high_hz], btype="band", fs=s.sampling_rate_hz, output="sos")
-        runs = [sosfiltfilt(sos, r.astype(np.float64), axis=1).T for r in s.runs]
-        runs = [(r - r.mean(axis=0)) / np.where(r.std(axis=0) > 0, r.std(axis=0), 1.0)
-                for r in runs]
+        runs = [standardise(sosfiltfilt(sos, r.astype(np.float64), axis=1).T, s.roi_mask)
+                for r in s.runs]
         conns.append(fisher_z_connectivity(np.concatenate(runs), s.roi_mask))
     return correlation_features(connectivity_features(conns))
 

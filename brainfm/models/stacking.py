@@ -177,6 +177,37 @@ def _stack_weight(y: np.ndarray, network: np.ndarray, linear: np.ndarray, invers
     return float(best), scores
 
 
+def _training_rows(edges: np.ndarray, segments: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows (whole sessions, then each subject's segments), their subject, their kernel."""
+    rows, owner = edges, np.arange(edges.shape[0])
+    if segments is not None and segments.shape[1]:
+        rows = np.concatenate([edges, segments.reshape(-1, edges.shape[1])])
+        owner = np.concatenate([owner, np.repeat(owner, segments.shape[1])])
+    return rows, owner, rows @ rows.T
+
+
+def _held_out_fit(kernel: np.ndarray, owner: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray,
+                  folds: list[np.ndarray], inverse: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-session predictions of each fold by the rows of the other folds' subjects, per
+    penalty of ``ALPHA_GRID`` (transformed units), and their MAE in raw units."""
+    oof = np.empty((len(ALPHA_GRID), y_t.size))
+    for held in folds:
+        kept = np.flatnonzero(~np.isin(owner, held))
+        oof[:, held] = kernel_ridge_predict(kernel, y_t[owner], kept, held, ALPHA_GRID)
+    return oof, np.mean(np.abs(inverse(oof) - y_raw[None, :]), axis=1)
+
+
+def _linear_member(rows: np.ndarray, owner: np.ndarray, y_t: np.ndarray, oof: np.ndarray,
+                   mae: np.ndarray) -> dict[str, Any]:
+    """Refit at the penalty with the lowest held-out MAE, on all rows (primal form)."""
+    best = int(np.argmin(mae))
+    weight, center, intercept = fit_primal_ridge(rows, y_t[owner], ALPHA_GRID[best])
+    return {"weight": weight, "center": center, "intercept": intercept,
+            "alpha": float(ALPHA_GRID[best]), "oof": oof[best],
+            "scores": {f"{a:g}": float(m) for a, m in zip(ALPHA_GRID, mae, strict=True)}}
+
+
 def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
                inverse: Any, segments: np.ndarray | None = None) -> dict[str, Any]:
     """Linear member of one target: penalty on the inner folds, refit on all, out-of-fold.
@@ -202,23 +233,9 @@ def fit_linear(edges: np.ndarray, y_t: np.ndarray, y_raw: np.ndarray, folds: lis
         ``weight``, ``center``, ``intercept``, ``alpha``, ``oof`` (transformed) and the
         inner ``scores`` per penalty.
     """
-    n = edges.shape[0]
-    rows, owner = edges, np.arange(n)
-    if segments is not None and segments.shape[1]:
-        rows = np.concatenate([edges, segments.reshape(-1, edges.shape[1])])
-        owner = np.concatenate([owner, np.repeat(owner, segments.shape[1])])
-    kernel = rows @ rows.T
-    y_rows = y_t[owner]
-    oof = np.empty((len(ALPHA_GRID), n))
-    for held in folds:
-        kept = np.flatnonzero(~np.isin(owner, held))
-        oof[:, held] = kernel_ridge_predict(kernel, y_rows, kept, held, ALPHA_GRID)
-    mae = np.mean(np.abs(inverse(oof) - y_raw[None, :]), axis=1)
-    best = int(np.argmin(mae))
-    weight, center, intercept = fit_primal_ridge(rows, y_rows, ALPHA_GRID[best])
-    return {"weight": weight, "center": center, "intercept": intercept,
-            "alpha": float(ALPHA_GRID[best]), "oof": oof[best],
-            "scores": {f"{a:g}": float(m) for a, m in zip(ALPHA_GRID, mae, strict=True)}}
+    rows, owner, kernel = _training_rows(edges, segments)
+    oof, mae = _held_out_fit(kernel, owner, y_t, y_raw, folds, inverse)
+    return _linear_member(rows, owner, y_t, oof, mae)
 
 
 def segment_edges(sessions: Sequence[SessionData], n_segments: int) -> np.ndarray:
@@ -281,19 +298,22 @@ def choose_linear(edges: np.ndarray, y_raw: np.ndarray, folds: list[np.ndarray],
         :func:`linear_candidate_name`.
     """
     segments = segments or {0: None}
-    fits, scores, order = {}, {}, []
-    for name in transforms:
-        if name == "log" and not np.all(y_raw > 0):
-            continue
-        forward, inverse = TRANSFORMS[name]
-        for count, parts in segments.items():
+    held_out, scores = {}, {}
+    for count, parts in segments.items():  # one kernel per augmentation, for every transform
+        rows, owner, kernel = _training_rows(edges, parts)
+        for name in transforms:
+            if name == "log" and not np.all(y_raw > 0):
+                continue
+            forward, inverse = TRANSFORMS[name]
+            y_t = forward(y_raw)
+            oof, mae = _held_out_fit(kernel, owner, y_t, y_raw, folds, inverse)
             key = linear_candidate_name(name, count)
-            fits[key] = (name, count, fit_linear(edges, forward(y_raw), y_raw, folds, inverse,
-                                                 parts))
-            scores[key] = min(fits[key][2]["scores"].values())
-            order.append(key)
+            held_out[key] = (name, count, rows, owner, y_t, oof, mae)
+            scores[key] = float(mae.min())
+    order = [linear_candidate_name(t, c) for t in transforms for c in segments]
     best = min(scores, key=lambda key: (scores[key], order.index(key)))
-    return fits[best][0], fits[best][1], fits[best][2], scores
+    name, count, rows, owner, y_t, oof, mae = held_out[best]
+    return name, count, _linear_member(rows, owner, y_t, oof, mae), scores
 
 
 def fit_ensemble(

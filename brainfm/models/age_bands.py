@@ -39,7 +39,8 @@ def band_labels(edges: Sequence[float] = DEFAULT_EDGES) -> list[str]:
     fmt = [f"{float(e):g}" for e in edges]
     if not fmt:
         return ["all"]
-    return [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]
+    inner = [f"{a}-{b}" for a, b in zip(fmt[:-1], fmt[1:], strict=True)]
+    return [f"<{fmt[0]}", *inner, f">={fmt[-1]}"]
 
 
 def assign_bands(values: Any, edges: Sequence[float] = DEFAULT_EDGES) -> np.ndarray:

@@ -18,6 +18,7 @@ from brainfm.models.baselines import (
     kernel_ridge_predict,
     subject_kernel,
 )
+from brainfm.models.calibration import apply_recalibration
 from brainfm.models.checkpoint import CheckpointError, load_checkpoint
 from brainfm.models.cli import main
 from brainfm.models.ensemble import INTERVAL_LEVELS, BrainFMEnsemble, interval_columns
@@ -245,13 +246,17 @@ def test_ensemble_roundtrip_and_prediction(fitted: tuple, tmp_path: Path) -> Non
     for name in ("age", "score"):
         cols = interval_columns(name)
         assert len(cols) == 2 * len(INTERVAL_LEVELS)
-        assert pred[f"{name}_lower90"] <= pred[f"{name}_lower50"] <= pred[name] \
+        # intervals are asymmetric (per bin of the prediction): nested, not always centred
+        assert pred[f"{name}_lower90"] <= pred[f"{name}_lower50"] \
             <= pred[f"{name}_upper50"] <= pred[f"{name}_upper90"]
-    # the stacked age is the weighted mean of its parts in log space
-    w = lcard["ensemble"]["targets"][0]["network_weight"]
+    # the stacked age is the weighted mean of its parts in log space, then recalibrated
+    target = lcard["ensemble"]["targets"][0]
+    w = target["network_weight"]
     parts = b["components"]["age"]
     expected = np.exp(w * np.log(parts["network"]) + (1 - w) * np.log(parts["linear"]))
+    expected = float(apply_recalibration(expected, target["recalibration"]))
     assert pred["age"] == pytest.approx(expected, rel=1e-9)
+    assert isinstance(pred["age_reliable"], bool)
     assert np.mean(np.log(parts["network_members"])) == pytest.approx(np.log(parts["network"]))
     assert isinstance(b["ood"], bool)
     assert b["gate_weights"].shape == (len(ROIS), TINY["n_experts"])
@@ -297,8 +302,20 @@ def test_brainfm_train_ensemble_cli(toy: Path, tmp_path: Path, single_torch_thre
     assert main(["predict", "--model", str(out), str(toy), "-o", str(pred_tsv)]) == 0
     table = pd.read_csv(pred_tsv, sep="\t")
     assert list(table.columns) == ["participant_id", "age", "age_std", *interval_columns("age"),
-                                   "out_of_distribution"]
+                                   "age_reliable", "age_expected_mae", "out_of_distribution"]
     assert (table["age_lower90"] < table["age"]).all() and (table["age"] < table["age_upper90"]
                                                              ).all()
     assert main(["ensemble", str(toy), "--atlas", "Toy", "--target", "age", "--members", "1",
                  "-o", str(tmp_path / "bad")]) == 64
+
+
+def test_run_shorter_than_a_window_is_not_reliable(fitted: tuple) -> None:
+    model, _, sessions, *_ = fitted
+    card = {"roi_names": ROIS, "sampling_rate_hz": 0.5, "window": TINY["window"],
+            "targets": model.spec["targets"]}
+    s = sessions[1]
+    full = model.predict_session(card, s)["predictions"]
+    short = type(s)(**{**s.__dict__, "runs": [r[:, : TINY["window"] // 2] for r in s.runs]})
+    out = model.predict_session(card, short)["predictions"]
+    assert out["age_reliable"] is False
+    assert isinstance(full["age_reliable"], bool) and "age_expected_mae" in out

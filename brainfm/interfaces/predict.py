@@ -37,7 +37,24 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "SamplingRateHz": card.get("sampling_rate_hz"),
         "BrainfmVersion": card.get("brainfm_version"),
         "OutOfSiteAccuracy": (card.get("metrics") or {}).get("leave_site_out_summary"),
+        **reliability_summary(card),
     }
+
+
+def reliability_summary(card: dict[str, Any]) -> dict[str, Any]:
+    """``TrainingRange``, ``ReliableRange`` and ``BandEdges`` of an ensemble card's targets."""
+    targets = (card.get("ensemble") or {}).get("targets") or []
+    out: dict[str, Any] = {}
+    training = {t["name"]: t["training_range"] for t in targets if t.get("training_range")}
+    if training:
+        out["TrainingRange"] = training
+    reliable = {t["name"]: t["reliable"]["range"] for t in targets if t.get("reliable")}
+    if reliable:
+        out["ReliableRange"] = reliable
+    edges = next((t["band_edges"] for t in targets if t.get("band_edges")), None)
+    if edges:
+        out["BandEdges"] = edges
+    return out
 
 
 def target_notes(card: dict[str, Any]) -> dict[str, str]:
@@ -62,13 +79,17 @@ def target_column_descriptions(card: dict[str, Any]) -> dict[str, dict[str, str]
 
 def _prediction_columns(card: dict[str, Any]) -> list[str]:
     """Value columns of a predictions row: each target, its std and (ensembles) intervals."""
-    from brainfm.models.ensemble import interval_columns
+    from brainfm.models.ensemble import interval_columns, reliability_columns
 
+    reliable = {t["name"] for t in (card.get("ensemble") or {}).get("targets") or []
+                if "reliable" in t}
     cols = []
     for t in card["targets"]:
         cols += [t["name"], f"{t['name']}_std"]
         if card.get("ensemble"):
             cols += interval_columns(t["name"])
+        if t["name"] in reliable:
+            cols += reliability_columns(t["name"])
     return cols
 
 
@@ -79,9 +100,14 @@ _DESCRIPTION_ENSEMBLE = (
     "brainfm predictions: network members (mean over sliding windows of all included runs) "
     "stacked with a ridge member on the session's connectivity, as the model card says. "
     "<target>_lower90/_upper90 (and 50) are calibrated central intervals: conformal quantiles "
-    "of held-out-site residuals of the training cohort, so about 90 % of true values of new "
-    "sites like the training sites fall inside; <target>_std is their Gaussian-equivalent "
-    "spread ((upper90 - lower90) / 3.29). out_of_distribution is true when the session's "
+    "of held-out-site residuals of the training cohort, per band of the predicted value and "
+    "asymmetric, so about 90 % of true values of new sites like the training sites fall "
+    "inside; <target>_std is their Gaussian-equivalent spread ((upper90 - lower90) / 3.29). "
+    "<target>_reliable is false where the card's out-of-fold evidence says the model cannot "
+    "resolve the target (predictions in a band where the training cohort's held-out "
+    "predictions were biased, ModelCard.ReliableRange) or the data are shorter than one model "
+    "window; <target>_expected_mae is the held-out MAE of the band the prediction falls in. "
+    "out_of_distribution is true when the session's "
     "connectivity is less like the training cohort than 99 % of its subjects, or the "
     "prediction lies outside the training range: treat such predictions with caution.")
 

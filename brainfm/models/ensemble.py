@@ -27,6 +27,12 @@ from torch import nn
 
 from brainfm.errors import InputError
 from brainfm.models.baselines import connectivity_features, correlation_features
+from brainfm.models.calibration import (
+    apply_recalibration,
+    expected_mae,
+    in_reliable_range,
+    interval_offsets,
+)
 from brainfm.models.model import BrainFM, BrainFMConfig
 from brainfm.models.predict import predict_subject
 
@@ -45,6 +51,11 @@ def interval_columns(name: str) -> list[str]:
     """Names of a target's interval columns (``age_lower90``, ``age_upper90``, ...)."""
     return [f"{name}_{side}{int(round(100 * level))}"
             for level in INTERVAL_LEVELS for side in ("lower", "upper")]
+
+
+def reliability_columns(name: str) -> list[str]:
+    """Names of a target's reliability columns (``age_reliable``, ``age_expected_mae``)."""
+    return [f"{name}_reliable", f"{name}_expected_mae"]
 
 
 def session_edges(conn: np.ndarray) -> np.ndarray:
@@ -165,17 +176,28 @@ class BrainFMEnsemble(nn.Module):
             ``<name>``, ``<name>_std`` and the interval columns (:func:`interval_columns`).
         """
         name = target["name"]
-        _, inverse = TRANSFORMS[target["transform"]]
+        forward, inverse = TRANSFORMS[target["transform"]]
         w = float(target["network_weight"]) if network is not None else 0.0
         value = w * (network if network is not None else 0.0) + (1.0 - w) * linear
-        out = {name: float(inverse(value))}
+        raw = float(apply_recalibration(inverse(value), target.get("recalibration")))
+        value = float(forward(raw))
+        out: dict[str, Any] = {name: raw}
+        bins = target.get("interval_bins")
         for level in INTERVAL_LEVELS:
-            half = float(target["interval_halfwidth"][f"{level:g}"])
+            if bins:  # Mondrian: asymmetric offsets of the bin of the prediction
+                lower, upper = interval_offsets(bins, raw, level)
+            else:  # cards before per-bin calibration: one symmetric half-width
+                upper = float(target["interval_halfwidth"][f"{level:g}"])
+                lower = -upper
             pct = int(round(100 * level))
-            out[f"{name}_lower{pct}"] = float(inverse(value - half))
-            out[f"{name}_upper{pct}"] = float(inverse(value + half))
+            out[f"{name}_lower{pct}"] = float(inverse(value + lower))
+            out[f"{name}_upper{pct}"] = float(inverse(value + upper))
         # Gaussian-equivalent spread of the calibrated 90 % interval
         out[f"{name}_std"] = (out[f"{name}_upper90"] - out[f"{name}_lower90"]) / (2 * _Z90)
+        if "reliable" in target:
+            reliable_col, mae_col = reliability_columns(name)
+            out[reliable_col] = in_reliable_range(target["reliable"], raw)
+            out[mae_col] = expected_mae(target["reliable"], raw)
         return out
 
     @torch.no_grad()
@@ -218,6 +240,13 @@ class BrainFMEnsemble(nn.Module):
             }
             spread = float(np.std([inverse(v) for v in values])) if len(values) > 1 else 0.0
             uncertainty[name] = {"member_std": spread}
+        window = int(card.get("window") or 0)
+        if window and max(r.shape[1] for r in session.runs) < window:
+            # shorter than one model window: the windows are padded, the prediction is not
+            # what the card's out-of-fold evidence describes
+            for target in self.spec["targets"]:
+                if "reliable" in target:
+                    predictions[reliability_columns(target["name"])[0]] = False
         ood = self.spec.get("ood") or {}
         similarity = float(next(iter(self.linear.values())).similarity(edges)[0])
         threshold = ood.get("similarity_threshold")

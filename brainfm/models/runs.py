@@ -15,7 +15,7 @@ from brainfm import __version__
 from brainfm.errors import InputError, UsageError
 from brainfm.fileio import write_tsv_atomic
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir, save_checkpoint
-from brainfm.models.ensemble import interval_columns
+from brainfm.models.ensemble import interval_columns, reliability_columns
 from brainfm.models.loop import window_length
 from brainfm.models.model import BrainFM, BrainFMConfig
 from brainfm.models.options import TrainOptions
@@ -267,7 +267,8 @@ def run_predict(
         row: dict[str, Any] = {"participant_id": f"sub-{s.participant_id}",
                                "session_id": f"ses-{s.session_id}" if s.session_id else "n/a"}
         for t in targets:
-            for column in (t["name"], f"{t['name']}_std", *interval_columns(t["name"])):
+            for column in (t["name"], f"{t['name']}_std", *interval_columns(t["name"]),
+                           *reliability_columns(t["name"])):
                 if column in res["predictions"]:  # ensembles add calibrated intervals
                     row[column] = res["predictions"][column]
         if "ood" in res:

@@ -288,8 +288,14 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
                                           for t in targets]
             shown["90 % coverage"] = [(accuracy.get(t) or {}).get("coverage_90")
                                       for t in targets]
+        if any(f"{t}_expected_mae" in row for t in targets):
+            # the held-out error of the band of predictions this one falls in
+            shown["expected error (its band)"] = [_finite(row.get(f"{t}_expected_mae"))
+                                                  for t in targets]
+            shown["reliable"] = [_reliable_text(row.get(f"{t}_reliable")) for t in targets]
         body.append(html_table(shown, text_columns=["target", "50 % interval",
-                                                    "90 % interval"]))
+                                                    "90 % interval", "reliable"]))
+        body += _unreliable_warnings(row, targets, labels, card)
         if accuracy:
             body.append('<p class="note">Out-of-site MAE and 90 % coverage: the model card\'s '
                         "leave-one-site-out measurement on its training cohort (a new lab's "
@@ -326,6 +332,51 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
                                                                     "expertweights.tsv"))):
             body.append(_expert_map_html(output_dir, weights_path))
     return Section("predictions", "Predictions", "\n".join(body))
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _reliable_text(value: Any) -> str:
+    text = str(value).lower()
+    return {"true": "yes", "false": "no"}.get(text, "n/a")
+
+
+def _range_text(span: Any) -> str:
+    if not isinstance(span, list | tuple) or len(span) != 2:
+        return "none"
+    low, high = span
+    if low is None and high is None:
+        return "all predictions"
+    if low is None:
+        return f"predictions below {high:g}"
+    if high is None:
+        return f"predictions of {low:g} and above"
+    return f"predictions from {low:g} to {high:g}"
+
+
+def _unreliable_warnings(row: dict[str, Any], targets: list[str], labels: dict[str, Any],
+                         card: dict[str, Any]) -> list[str]:
+    """One plain-words warning per target whose prediction is flagged not reliable."""
+    out = []
+    ranges = card.get("ReliableRange") or {}
+    for t in targets:
+        if str(row.get(f"{t}_reliable", "")).lower() != "false":
+            continue
+        label = esc(str(labels.get(t) or t))
+        out.append(
+            f'<p class="warning"><strong>{label}</strong>: this prediction lies where the model '
+            "cannot tell values apart: on its training cohort's held-out sites, predictions "
+            "like this one were biased (for age: adults predicted too young), or the data are "
+            "shorter than one model window. The model resolves "
+            f"{esc(_range_text(ranges.get(t)))}. Read it as a lower-confidence estimate, not "
+            "as a measurement.</p>")
+    return out
 
 
 def _expert_map_html(output_dir: Path, weights_path: Path) -> str:

@@ -50,6 +50,7 @@ from brainfm.fileio import write_text_atomic
 from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
 from brainfm.importers.pcp import import_pcp
 from brainfm.models import runs
+from brainfm.models.age_bands import balanced_mae
 from brainfm.models.baselines import (
     BASELINE_KERNELS,
     connectivity_features,
@@ -58,7 +59,7 @@ from brainfm.models.baselines import (
 )
 from brainfm.models.cli import load_options
 from brainfm.models.cross_validation import make_folds
-from brainfm.models.ensemble import interval_columns
+from brainfm.models.ensemble import interval_columns, reliability_columns
 from brainfm.models.loop import regression_metrics
 from brainfm.models.options import TrainOptions
 from brainfm.models.runtime import DistContext, setup
@@ -320,11 +321,12 @@ def _train_recipe(cohort: Cohort, train: np.ndarray, test: np.ndarray, opts: Tra
     oof_age = info["oof"]["age"]
     res: dict[str, Any] = {"recipe": {
         "test_pred": [[o["predictions"][n] for n in names] for o in outs],
-        "intervals": {n: {c: [o["predictions"][c] for o in outs] for c in interval_columns(n)}
+        "intervals": {n: {c: [o["predictions"].get(c) for o in outs]
+                          for c in (*interval_columns(n), *reliability_columns(n))}
                       for n in names},
         "ood": [o["ood"] for o in outs],
         "val_participant_ids": oof_age["participant_id"], "val_pred":
-            [[v] for v in oof_age["stacked"]],
+            [[v] for v in oof_age["final"]],
         "stacking": info["stacking"], "linear": info["linear"],
         "best_epoch": best, "seconds": seconds}}
     for variant, part in RECIPE_PARTS.items():
@@ -591,13 +593,15 @@ def evaluate_block(cohort: Cohort, records: dict[str, list[dict[str, Any]]]) -> 
     """
     index = {p: i for i, p in enumerate(cohort.subjects)}
     age = cohort.targets[:, 0]
-    out: dict[str, Any] = {"bands": {}, "sites": {}, "coverage": {}, "paired": {}, "piq_r": {}}
+    out: dict[str, Any] = {"bands": {}, "balanced": {}, "sites": {}, "coverage": {},
+                           "paired": {}, "paired_balanced": {}, "piq_r": {}, "reliable": {}}
     preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, recs in records.items():
         idx, pred = E.pooled(recs, index, "age")
         order = np.argsort(idx)
         preds[name] = (idx[order], pred[order])
         out["bands"][name] = E.band_table(age, idx, pred)
+        out["balanced"][name] = balanced_mae(age[idx], pred)
         out["sites"][name] = E.site_table(age, cohort.sites, idx, pred)
         pidx, ppred = E.pooled(recs, index, "fluid_intelligence")
         out["piq_r"][name] = E.correlation_ci(cohort.targets[pidx, 1], ppred,
@@ -611,11 +615,17 @@ def evaluate_block(cohort: Cohort, records: dict[str, list[dict[str, Any]]]) -> 
                     cohort.targets[:, k], age, idx, low, high)
         idx, ood = E.pooled(records["recipe"], index, "ood")
         out["ood"] = {"n_flagged": int(np.nansum(ood)), "n": int(ood.size)}
+        out["ood"]["bands"] = E.share_by_band(age, idx, ood)
+        if all("age_reliable" in r["predictions"] for r in records["recipe"]):
+            idx, reliable = E.pooled(records["recipe"], index, "age_reliable")
+            out["reliable"] = E.share_by_band(age, idx, reliable)
     for a, b in PAIRS:
         if a in preds and b in preds and np.array_equal(preds[a][0], preds[b][0]):
             idx = preds[a][0]
             out["paired"][f"{a} vs {b}"] = E.paired_mae_ratio(
                 age[idx], preds[a][1], preds[b][1], cohort.sites[idx])
+            out["paired_balanced"][f"{a} vs {b}"] = E.paired_mae_ratio(
+                age[idx], preds[a][1], preds[b][1], cohort.sites[idx], balanced=True)
     return out
 
 
@@ -647,15 +657,35 @@ def render_evaluation(block: dict[str, Any]) -> list[str]:
         lines.append(f"| {titles[a]} | {titles[b]} | {pr['ratio']:.3f} | "
                      f"{_ci(pr['ci95_subjects'], 3)} | {_ci(pr['ci95_sites'], 3)} | "
                      f"{pr['difference']:+.2f} |")
+    if ev.get("paired_balanced"):
+        lines += ["", "The same, for the age-balanced MAE (mean of the four band MAEs, band "
+                  "weights recomputed in every resample):", "",
+                  "| A | B | balanced MAE A / B | CI (subjects) | CI (sites) | A − B (y) |",
+                  "|---|---|---|---|---|---|"]
+        for key, pr in ev["paired_balanced"].items():
+            a, b = key.split(" vs ")
+            lines.append(f"| {titles[a]} | {titles[b]} | {pr['ratio']:.3f} | "
+                         f"{_ci(pr['ci95_subjects'], 3)} | {_ci(pr['ci95_sites'], 3)} | "
+                         f"{pr['difference']:+.2f} |")
     bands = list(E.AGE_BANDS)
-    lines += ["", "Age MAE (mean error) by true-age band, years:", "",
+    lines += ["", "Age MAE (mean error) by true-age band, years, and the age-balanced MAE "
+              "(their mean):", "",
               "| model | " + " | ".join(f"{b} (n={next(iter(ev['bands'].values()))[b]['n']})"
-                                       for b in bands) + " |",
-              "|---|" + "---|" * len(bands)]
+                                       for b in bands) + " | balanced |",
+              "|---|" + "---|" * (len(bands) + 1)]
     for name, table in ev["bands"].items():
         lines.append(f"| {titles[name]} | " + " | ".join(
             f"{_num(table[b]['mae'])} ({_num(table[b]['mean_error'], 1)})" for b in bands)
-            + " |")
+            + f" | {_num(ev.get('balanced', {}).get(name))} |")
+    if ev.get("reliable"):
+        rel = ev["reliable"]
+        lines += ["", "Share of test subjects whose age prediction is flagged reliable "
+                  "(`age_reliable`), and flagged out of distribution, by true-age band:", "",
+                  "| flag | all | " + " | ".join(bands) + " |", "|---|---|" + "---|" * len(bands),
+                  "| age_reliable | " + " | ".join(_num(rel[k]["share"]) for k in ("all", *bands))
+                  + " |",
+                  "| out_of_distribution | " + " | ".join(
+                      _num(ev["ood"]["bands"][k]["share"]) for k in ("all", *bands)) + " |"]
     for target, levels in ev.get("coverage", {}).items():
         label = TARGET_LABELS[target]
         lines += ["", f"Interval coverage of the shipped recipe, {label} (share of true values "

@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
-#: Age bands of the report (years): label -> [low, high).
-AGE_BANDS = {"< 13": (0.0, 13.0), "13-18": (13.0, 18.0), "18-30": (18.0, 30.0),
-             ">= 30": (30.0, np.inf)}
+from brainfm.models.age_bands import DEFAULT_EDGES, balanced_weights, band_labels
+
+#: Age bands of the report (years): label -> [low, high) (brainfm.models.age_bands).
+AGE_BANDS = dict(zip(band_labels(DEFAULT_EDGES),
+                     zip((0.0, *DEFAULT_EDGES), (*DEFAULT_EDGES, np.inf), strict=True),
+                     strict=True))
 
 
 def pooled(records: Sequence[dict[str, Any]], index: dict[str, int], column: str
@@ -93,7 +96,8 @@ def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndar
 
 
 def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
-                     n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+                     n_boot: int = 2000, seed: int = 0, balanced: bool = False
+                     ) -> dict[str, Any]:
     """MAE of A over MAE of B on the same subjects, with bootstrap CIs.
 
     Two bootstraps: over subjects, and over groups (sites: whole sites are resampled, which is
@@ -109,6 +113,9 @@ def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, grou
         Bootstrap replicates.
     seed : int
         Seed.
+    balanced : bool
+        Compare age-balanced MAEs (the mean of the per-band MAEs, bands of ``y``), with the
+        band weights recomputed in every resample.
 
     Returns
     -------
@@ -118,21 +125,27 @@ def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, grou
     """
     ok = np.isfinite(y) & np.isfinite(pred_a) & np.isfinite(pred_b)
     ea, eb, g = np.abs(pred_a[ok] - y[ok]), np.abs(pred_b[ok] - y[ok]), np.asarray(groups)[ok]
+    yy = y[ok]
+
+    def maes(s: np.ndarray) -> tuple[float, float]:
+        w = balanced_weights(yy[s]) if balanced else np.full(s.size, 1.0 / s.size)
+        return float(ea[s] @ w), float(eb[s] @ w)
+
     rng = np.random.default_rng(seed)
     n = ea.size
     boot_subjects = []
     for _ in range(n_boot):
-        s = rng.integers(0, n, n)
-        boot_subjects.append(ea[s].sum() / eb[s].sum())
+        a, b = maes(rng.integers(0, n, n))
+        boot_subjects.append(a / b)
     names = np.array(sorted(set(g.tolist())))
     members = [np.flatnonzero(g == name) for name in names]
     boot_sites = []
     for _ in range(n_boot):
         pick = rng.integers(0, names.size, names.size)
-        s = np.concatenate([members[i] for i in pick])
-        boot_sites.append(ea[s].sum() / eb[s].sum())
-    return {"n": int(n), "ratio": float(ea.mean() / eb.mean()),
-            "difference": float(ea.mean() - eb.mean()),
+        a, b = maes(np.concatenate([members[i] for i in pick]))
+        boot_sites.append(a / b)
+    mae_a, mae_b = maes(np.arange(n))
+    return {"n": int(n), "ratio": mae_a / mae_b, "difference": mae_a - mae_b,
             "ci95_subjects": [float(v) for v in np.percentile(boot_subjects, [2.5, 97.5])],
             "ci95_sites": [float(v) for v in np.percentile(boot_sites, [2.5, 97.5])]}
 
@@ -159,4 +172,20 @@ def correlation_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: 
             for _ in range(n_boot)]
     out["ci95_subjects"] = [float(v) for v in np.nanpercentile(subj, [2.5, 97.5])]
     out["ci95_sites"] = [float(v) for v in np.nanpercentile(site, [2.5, 97.5])]
+    return out
+
+
+def share_by_band(age: np.ndarray, idx: np.ndarray, flag: np.ndarray) -> dict[str, Any]:
+    """Share of subjects with a true flag, overall and per band of true age (NaN flags skipped)."""
+    a = age[idx]
+    f = np.asarray(flag, dtype=np.float64)
+    ok = np.isfinite(f)
+
+    def entry(mask: np.ndarray) -> dict[str, Any]:
+        m = mask & ok
+        return {"n": int(m.sum()), "share": float(f[m].mean()) if m.any() else None}
+
+    out = {"all": entry(np.ones_like(ok))}
+    for band, (lo, hi) in AGE_BANDS.items():
+        out[band] = entry((a >= lo) & (a < hi))
     return out

@@ -25,9 +25,11 @@ from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import ATLAS_DATASET, init_output_dataset
 from brainfm.errors import BrainfmError, UsageError, interrupted
 from brainfm.fileio import read_tsv, write_text_atomic
+from brainfm.logs import QuietFileHandler
 from brainfm.participant_outputs import copy_atlases
 from brainfm.postproc.confounds import get_strategy
 from brainfm.workflows.crashes import combined_error, failures_from_crashfiles
+from brainfm.workflows.plugins import disk_full_error, make_plugin
 
 LOGGER = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
             handler.close()
     if verbosity == 0:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, delay=True)  # created when nipype logs
+        handler = QuietFileHandler(log_file, delay=True)  # created when nipype logs
         handler.brainfm_log = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         # MultiProc's workers import nipype afresh, with its INFO default on stdout: they read
@@ -296,23 +298,31 @@ def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
     workflow.config["logging"] = {"workflow_level": level, "interface_level": level,
                                   "utils_level": level}
     started = time.time()
+    folders = (config.work_dir, config.output_dir)
+    plugin: Any
     if config.plugin:
         plugin, plugin_args = config.plugin, dict(config.plugin_args)
         # nipype's SLURM plugin names its jobs after $LOGNAME and fails with a KeyError where
         # it is unset (containers, CI, some batch shells)
         os.environ.setdefault("LOGNAME", getpass.getuser())
-    elif config.nprocs > 1:
-        plugin = "MultiProc"
+        LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
+        plugin_args.setdefault("status_callback", stop_if_interrupted)
+    else:
         # forkserver: workers do not inherit the parent's thread pools (torch, BLAS), which
         # can deadlock a forked child
-        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False,
-                       "mp_context": "forkserver"}
-    else:
-        plugin, plugin_args = "Linear", {}
-    LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
-    plugin_args.setdefault("status_callback", stop_if_interrupted)
+        extra = {"mp_context": "forkserver"} if config.nprocs > 1 else {}
+        LOGGER.info("nipype plugin %s %s", "MultiProc" if config.nprocs > 1 else "Linear",
+                    {"n_procs": config.nprocs, **extra} if extra else "")
+        log_file = config.work_dir / "logs" / "nipype.log" if config.verbosity == 0 else None
+        plugin = make_plugin(config.nprocs, folders, log_file,
+                             status_callback=stop_if_interrupted, **extra)
+        plugin_args = None
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except OSError as err:  # outside any node (the plugin's own files): a full disk, mostly
+        if interrupted():
+            raise KeyboardInterrupt from err
+        raise disk_full_error(err, folders) or err from None
     except RuntimeError as err:
         if interrupted():
             raise KeyboardInterrupt from err

@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 from brainfm import __version__
 from brainfm.errors import UsageError
 from brainfm.fileio import write_text_atomic
+from brainfm.logs import QuietFileHandler
 
 #: Options not recorded: the positional arguments and the record's own options.
 NOT_RECORDED = ("bids_dir", "output_dir", "analysis_level", "config_file", "boilerplate_only",
@@ -100,7 +101,7 @@ class RunLog:
 
     def __enter__(self) -> RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handler = logging.FileHandler(self.path)
+        self._handler = QuietFileHandler(self.path)
         self._handler.setLevel(logging.INFO)
         self._handler.setFormatter(logging.Formatter(
             "%(asctime)s | %(levelname)-7s | %(name)s | %(message)s"))

@@ -24,7 +24,7 @@ from brainfm.bidsapp.records import (
 from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import ATLAS_DATASET, init_output_dataset
 from brainfm.errors import BrainfmError, UsageError, interrupted
-from brainfm.fileio import read_tsv, write_text_atomic
+from brainfm.fileio import participant_locks, read_tsv, write_text_atomic
 from brainfm.logs import QuietFileHandler
 from brainfm.participant_outputs import copy_atlases
 from brainfm.postproc.confounds import get_strategy
@@ -189,9 +189,9 @@ def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
         # the levels from NIPYPE_CONFIG_DIR/nipype.cfg, which they inherit
         config_dir = log_file.parent / "nipype-config"
         config_dir.mkdir(exist_ok=True)
-        (config_dir / "nipype.cfg").write_text(
-            "[logging]\n" + "".join(f"{key} = {level}\n" for key in (
-                "workflow_level", "interface_level", "utils_level")))
+        write_text_atomic(config_dir / "nipype.cfg", "[logging]\n" + "".join(
+            f"{key} = {level}\n" for key in ("workflow_level", "interface_level",
+                                             "utils_level")))
         os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
     else:
         handler = logging.StreamHandler(stream=sys.stdout)
@@ -242,6 +242,17 @@ def run_participant_level(config: Config) -> None:
     n_selected = len(runs) + len(failed or {})
     if not runs:
         raise combined_error(failed or {}, n_selected)
+    # one job per participant at a time: a duplicate submission stops here, before it writes
+    with participant_locks(sorted(runs), (config.output_dir, config.work_dir),
+                           config.lock_timeout):
+        _process_participants(config, atlases, runs, settings, model_dir, model_atlas, failed,
+                              n_selected)
+
+
+def _process_participants(config: Config, atlases: list[Atlas], runs: dict, settings: dict,
+                          model_dir: str | None, model_atlas: str | None,
+                          failed: dict | None, n_selected: int) -> None:
+    """Place the atlases, write the shared outputs and run records, run the workflow."""
     placed = place_atlases(atlases, {run.space: run.bold_file for sub_runs in runs.values()
                                      for run in sub_runs}, config.work_dir / "atlases",
                            config.allow_atlas_space_mismatch)
@@ -326,7 +337,9 @@ def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
     except RuntimeError as err:
         if interrupted():
             raise KeyboardInterrupt from err
-        crashed = failures_from_crashfiles(crash_dir, started)
+        # crash files of this run's participants only (another job may share the work dir)
+        crashed = {s: e for s, e in failures_from_crashfiles(crash_dir, started).items()
+                   if s is None or s in runs}
         done = [s for s in sorted(runs) if s not in crashed]
         if done:
             summarise_runs(config.output_dir, done)

@@ -91,7 +91,8 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was given but no CUDA device is available")
-    LOGGER.info("Predicting with model %s (atlas %s, sha256 %s)", folder, atlas.label,
+    LOGGER.info("Predicting with model %s (atlas %s, model sha256 %s, weights %s)", folder,
+                atlas.label, str(card.get("model_sha256", ""))[:12],
                 str(card.get("weights_sha256", ""))[:12])
     return str(folder), atlas.label
 
@@ -132,12 +133,20 @@ def preprocess_raw(config: Config) -> Path:
 
 
 def read_model_card(model_dir: str | None) -> dict[str, Any] | None:
-    """The card of the model that predicts (checked by :func:`prepare_model`), or None."""
+    """The card of the model that predicts (checked by :func:`prepare_model`), or None.
+
+    The card gets ``model_sha256``, the hash over its weights and itself
+    (:func:`brainfm.models.checkpoint.model_sha256`).
+    """
     if model_dir is None:
         return None
     import json
 
-    return json.loads((Path(model_dir) / "model_card.json").read_text())
+    from brainfm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, model_sha256, sha256_file
+
+    card = json.loads((Path(model_dir) / CARD_FILE).read_text())
+    return {**card, "model_sha256": model_sha256(card, sha256_file(Path(model_dir) /
+                                                                    WEIGHTS_FILE))}
 
 
 def workflow_settings(config: Config) -> dict:

@@ -171,7 +171,8 @@ def methods_boilerplate(options: Mapping[str, Any], atlases: list[Any], strategy
     if model_card:
         text += [
             f"Brain age was predicted with the brainfm model `{model_card.get('name', 'model')}` "
-            f"(weights SHA-256 {model_card.get('weights_sha256')}): a local masked autoencoder "
+            f"(model SHA-256 {model_card.get('model_sha256')}, over its weights and card; weights "
+            f"SHA-256 {model_card.get('weights_sha256')}): a local masked autoencoder "
             "encoder, a random-walk mixture of experts and a selective state-space predictor, "
             "stacked with a ridge regression on connectivity, with split-conformal intervals. "
             f"Its terms: {model_card.get('license')}.", ""]

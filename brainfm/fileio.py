@@ -98,8 +98,13 @@ def check_output_folder(folder: Path, what: str) -> None:
     Raises
     ------
     UsageError
-        It is a file, or it (or its nearest existing parent) is not writable.
+        It is a file or a dangling symbolic link, or it (or its nearest existing parent) is not
+        writable.
     """
+    if folder.is_symlink() and not folder.exists():
+        raise UsageError(f"{what} {folder} is a symbolic link to {os.readlink(folder)}, which "
+                         "does not exist (or loops back); create the folder it points to, or "
+                         "remove the link")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} is a file, not a folder; choose a folder")
     existing = folder

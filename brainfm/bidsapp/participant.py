@@ -47,15 +47,17 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
     Raises
     ------
     CheckpointError
-        An explicit ``--model`` that is missing or incomplete (exit 66).
+        An explicit ``--model`` that is missing or incomplete, or a card whose ROIs are not its
+        atlas' in the atlas' order (exit 66).
     UsageError
         An explicit ``--model`` whose atlas is not among ``--atlases``, or whose denoising
         strategy differs and ``--allow-model-mismatch`` is not given (exit 64).
     """
     if config.model.lower() == "none":
         return None, None
-    from brainfm.atlases import get_atlas
+    from brainfm.atlases import get_atlas, roi_names
     from brainfm.models.checkpoint import CheckpointError, resolve_model_dir, verify_checkpoint
+    from brainfm.models.sessions import header_difference
     from brainfm.postproc.confounds import strategy_matches
 
     try:
@@ -67,6 +69,12 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
         return None, None
     card = verify_checkpoint(folder)  # every check (files, hash, shapes) before any work
     atlas = get_atlas(str(card.get("atlas")))
+    names, atlas_names = card.get("roi_names"), roi_names(atlas.name)
+    if isinstance(names, list) and [str(n) for n in names] != atlas_names:
+        raise CheckpointError(
+            f"model card {folder / 'model_card.json'}: its roi_names are not the ROIs of atlas "
+            f"{atlas.name} in the atlas' order ({header_difference(names, atlas_names)}); "
+            "restore the card saved with the weights, or use a model trained on this atlas")
     problem = None
     if atlas.label not in atlas_labels:
         problem = (f"the model {folder} was trained on atlas {atlas.name} but the run is "

@@ -141,9 +141,13 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
                 continue
             table = read_tsv(result_dir / f"atlas-{atlas_label}_timeseries.tsv")
             if list(table.columns) != list(card["roi_names"]):
+                from brainfm.models.sessions import header_difference
+
                 raise InputError(
                     f"the {atlas_label} time series of {run_name} do not have the ROIs of the "
-                    f"model {model_dir} ({table.shape[1]} vs {len(card['roi_names'])} ROIs)")
+                    f"model {model_dir}: "
+                    f"{header_difference(list(table.columns), card['roi_names'])}; use a model "
+                    f"trained on the atlas' ROIs in its dseg.tsv order")
             included.append((table.to_numpy(dtype=float), float(run["repetition_time"])))
             seconds += float(info["retained_seconds"])
             sources.append(build_name({**run["entities"], "space": run["space"],

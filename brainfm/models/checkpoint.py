@@ -11,6 +11,7 @@ always describes complete weights.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -181,6 +182,26 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEns
     return out
 
 
+def _not_a_folder(folder: Path) -> str:
+    """Why ``folder`` (not a folder) cannot be a model folder, in words, with the fix."""
+    if folder.is_symlink():
+        target = os.readlink(folder)
+        try:
+            folder.resolve(strict=True)
+        except (RuntimeError, OSError) as exc:
+            if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+                return (f"model folder {folder} is a symbolic link that loops ({folder} -> "
+                        f"{target}); point it at the model folder")
+            return (f"model folder {folder} is a symbolic link to {target}, which does not "
+                    "exist; point it at the model folder")
+    if folder.exists():
+        hint = (f"; give its folder {folder.parent}" if folder.name in (CARD_FILE, WEIGHTS_FILE)
+                else "")
+        return (f"--model {folder} is a file, not a model folder (a folder holding {CARD_FILE} "
+                f"and {WEIGHTS_FILE}){hint}")
+    return f"model folder {folder} does not exist; {_TRAIN_HINT}"
+
+
 def _read_card(card_path: Path) -> dict[str, Any]:
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
@@ -224,7 +245,7 @@ def _verified_model(folder: Path, expected_atlas: str | None,
     card_path = folder / CARD_FILE
     weights_path = folder / WEIGHTS_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+        raise CheckpointError(_not_a_folder(folder))
     for p in (card_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"model file {p} is missing: the folder {folder} is not a "
@@ -461,7 +482,7 @@ def resolve_model_dir(name: str | os.PathLike[str]) -> Path:
         return folder
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+        raise CheckpointError(_not_a_folder(folder))
     if not (folder / CARD_FILE).is_file():
         raise CheckpointError(f"model folder {folder} has no {CARD_FILE}; {_TRAIN_HINT}")
     return folder

@@ -417,7 +417,7 @@ def _oblique(ds: Path) -> str:
 WARNING_CASES = [
     ("oblique-affine-labelled-mni", _oblique),
     ("sidecar-tr-disagrees-with-header",
-     lambda ds: f"RepetitionTime 2.5 s in {_set_json(_bold_json(ds), RepetitionTime=2.5).name} "
+     lambda ds: f"RepetitionTime 2.5 s in {_set_json(_bold_json(ds), RepetitionTime=2.5)} "
                 "disagrees with the NIfTI header"),
 ]
 

@@ -115,13 +115,13 @@ def load_session(
     for rf in run_files:
         data, roi_names, meta = read_timeseries(rf.path)
         if expected_roi_names is not None and list(expected_roi_names) != roi_names:
-            raise InputError(f"{rf.path}: its ROI columns do not match those of "
+            raise InputError(f"{rf.path}: its ROI names do not match those of "
                              f"{expected_from}: {header_difference(roi_names, expected_roi_names)}"
                              "; use time series of the same atlas (or re-run its parcellation)")
         if names is None:
             names = roi_names
         elif roi_names != names:
-            raise InputError(f"{rf.path}: its ROI columns differ from those of the session's "
+            raise InputError(f"{rf.path}: its ROI names differ from those of the session's "
                              f"first run {run_files[0].path}: "
                              f"{header_difference(roi_names, names)}")
         raw.append((data, float(meta["RepetitionTime"])))

@@ -260,13 +260,17 @@ def output_lock(output_dir: str | Path, timeout: float = 600.0) -> Iterator[None
         lock.release()
 
 
+#: Hidden folder (output dataset, work folder) of the participants' lock files.
+PARTICIPANT_LOCKS = ".brainfm-locks"
+
+
 @contextlib.contextmanager
 def participant_locks(labels: Sequence[str], folders: Sequence[str | Path],
                       timeout: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on each participant in each folder while the block runs.
 
     One :class:`filelock.FileLock` per participant and folder (the output dataset and the work
-    folder), ``<folder>/.brainfm.sub-<label>.lock``, taken in a fixed order so that two jobs
+    folder), ``<folder>/.brainfm-locks/sub-<label>.lock``, taken in a fixed order so that two jobs
     never wait for each other. A second job for a participant that another job processes fails
     at once (``timeout`` 0) or after waiting ``timeout`` seconds, before it writes anything of
     that participant; the locks go with the process that holds them, also when it is killed.
@@ -291,9 +295,9 @@ def participant_locks(labels: Sequence[str], folders: Sequence[str | Path],
         busy: list[tuple[str, Path]] = []
         for label in sorted(set(labels)):
             for folder in dict.fromkeys(Path(f) for f in folders):
-                lock_path = folder / f".brainfm.sub-{label}.lock"
+                lock_path = folder / PARTICIPANT_LOCKS / f"sub-{label}.lock"
                 check_writable_path(lock_path)
-                folder.mkdir(parents=True, exist_ok=True)
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
                 lock = FileLock(lock_path)
                 try:  # wait once: the others busy then are named without more waiting
                     lock.acquire(timeout=0 if busy else timeout)

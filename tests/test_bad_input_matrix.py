@@ -387,7 +387,7 @@ def test_duplicate_submission_fails_fast_or_waits(base_dataset: Path, tmp_path: 
         started = time.monotonic()
         code = brainfm_main(argv)
         line = assert_contract(capfd, code, 64, "brainfm", "sub-01, sub-02", before, ds)
-        assert str(out / ".brainfm.sub-01.lock") in line and "--lock-timeout" in line
+        assert str(out / ".brainfm-locks" / "sub-01.lock") in line and "--lock-timeout" in line
         assert time.monotonic() - started < 30  # fails fast, before any work
         # asked to wait, it runs once the first has finished
         assert brainfm_main([*argv, "--lock-timeout", "300"]) == 0

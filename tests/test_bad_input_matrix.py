@@ -441,6 +441,24 @@ def test_suspicious_input_is_warned(base_dataset: Path, tmp_path: Path, setup,
     assert snapshot(ds) == before
 
 
+def test_node_failure_under_multiproc_is_quiet(base_dataset: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """A node that fails in a MultiProc worker: one error line, none of nipype's WARNING
+    lines on the console at default verbosity (they go to work/logs/nipype.log; issue 27)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    bold = _nan_bold(_bold(ds))
+    before = snapshot(ds)
+    code = brainfm_main([str(ds / "bids"), str(tmp_path / "out"), "participant",
+                         "--skip-bids-validation", "--nprocs", "2", "--min-time", "0",
+                         "-w", str(tmp_path / "work")])
+    out, err = capfd.readouterr()
+    assert code == 66 and str(bold) in err, err
+    assert "nipype" not in out and "WARNING" not in out + err, out
+    assert snapshot(ds) == before
+    assert "Error on" in (tmp_path / "work" / "logs" / "nipype.log").read_text()
+
+
 def test_edited_model_card_is_another_model(tmp_path: Path) -> None:
     """The model hash covers the card: an edited card is reported as another model, the
     weights' hash stays (issue 27); the packaged card file itself is not changed."""

@@ -98,8 +98,13 @@ def check_output_folder(folder: Path, what: str) -> None:
     Raises
     ------
     UsageError
-        It is a file, or it (or its nearest existing parent) is not writable.
+        It is a file or a dangling symbolic link, or it (or its nearest existing parent) is not
+        writable.
     """
+    if folder.is_symlink() and not folder.exists():
+        raise UsageError(f"{what} {folder} is a symbolic link to {os.readlink(folder)}, which "
+                         "does not exist (or loops back); create the folder it points to, or "
+                         "remove the link")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} is a file, not a folder; choose a folder")
     existing = folder
@@ -253,3 +258,59 @@ def output_lock(output_dir: str | Path, timeout: float = 600.0) -> Iterator[None
         yield
     finally:
         lock.release()
+
+
+#: Hidden folder (output dataset, work folder) of the participants' lock files.
+PARTICIPANT_LOCKS = ".brainfm-locks"
+
+
+@contextlib.contextmanager
+def participant_locks(labels: Sequence[str], folders: Sequence[str | Path],
+                      timeout: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on each participant in each folder while the block runs.
+
+    One :class:`filelock.FileLock` per participant and folder (the output dataset and the work
+    folder), ``<folder>/.brainfm-locks/sub-<label>.lock``, taken in a fixed order so that two jobs
+    never wait for each other. A second job for a participant that another job processes fails
+    at once (``timeout`` 0) or after waiting ``timeout`` seconds, before it writes anything of
+    that participant; the locks go with the process that holds them, also when it is killed.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Participant labels, without ``sub-``.
+    folders : sequence of path
+        Folders the participants' files are written into.
+    timeout : float, optional
+        Seconds to wait for a participant another job holds (default: do not wait).
+
+    Raises
+    ------
+    UsageError
+        A participant stayed locked (exit 64); the message names it, the lock file and the fix.
+    """
+    from filelock import FileLock, Timeout
+
+    with contextlib.ExitStack() as stack:
+        busy: list[tuple[str, Path]] = []
+        for label in sorted(set(labels)):
+            for folder in dict.fromkeys(Path(f) for f in folders):
+                lock_path = folder / PARTICIPANT_LOCKS / f"sub-{label}.lock"
+                check_writable_path(lock_path)
+                lock_path.parent.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(lock_path)
+                try:  # wait once: the others busy then are named without more waiting
+                    lock.acquire(timeout=0 if busy else timeout)
+                except Timeout:
+                    busy.append((label, lock_path))
+                    break
+                stack.callback(lock.release)
+        if busy:
+            names = ", ".join(f"sub-{label}" for label, _ in busy)
+            waited = f"stayed locked for {timeout:g} s" if timeout else "is locked"
+            raise UsageError(
+                f"{names} {'is' if len(busy) == 1 else 'are'} being processed by another "
+                f"brainfm job: {busy[0][1]} {waited}. Let that job finish (then rerun this "
+                f"command), leave {names} out of --participant-label, or pass --lock-timeout "
+                "SECONDS to wait")
+        yield

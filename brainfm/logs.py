@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 VERBOSE_HELP = ("more log output: -v brainfm's debug messages (and nipype's per-node lines), "
                 "-vv debug from every library")
@@ -32,3 +33,13 @@ def setup_logging(verbosity: int) -> None:
                         format="%(asctime)s | %(levelname)-7s | %(name)s | %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("brainfm").setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A log file that drops a line it cannot write (a full disk) instead of printing a
+    traceback on the console: the command stops with its own one-line error then."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: D102, N802
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)

@@ -12,4 +12,5 @@ RUN_ID = re.compile(r"\d{8}-\d{6}_[0-9a-f]{8}")
 def output_tree(out: Path) -> list[str]:
     """Sorted relative paths of the files under ``out``, run ids written ``RUNID``."""
     return sorted(RUN_ID.sub("RUNID", p.relative_to(out).as_posix()) for p in out.rglob("*")
-                  if p.is_file() and p.name != ".brainfm.lock")
+                  if p.is_file() and p.name != ".brainfm.lock"
+                  and ".brainfm-locks" not in p.relative_to(out).parts)  # lock files

@@ -123,6 +123,37 @@ def _big_card(ds: Path, tmp: Path) -> Path:
     return model
 
 
+DEFAULT_MODEL = Path(__file__).parents[1] / "brainfm" / "data" / "models" / "default"
+
+
+def _edited_model(tmp: Path, edit: Callable[[dict], object]) -> Path:
+    """A copy of the default model whose card ``edit`` changed (in place)."""
+    model = tmp / "editedmodel"
+    shutil.copytree(DEFAULT_MODEL, model)
+    card = json.loads((model / "model_card.json").read_text())
+    edit(card)
+    (model / "model_card.json").write_text(json.dumps(card))
+    return model
+
+
+def _rename_target(card: dict) -> None:
+    card["targets"][0]["name"] = "brain_age"
+
+
+def _swap_rois(card: dict) -> None:
+    card["roi_names"][:2] = card["roi_names"][1::-1]
+
+
+def _loop(tmp: Path) -> Path:
+    (tmp / "loop").symlink_to("loop")
+    return tmp / "loop"
+
+
+def _a_file(tmp: Path) -> Path:
+    (tmp / "notamodel.json").write_text("{}")
+    return tmp / "notamodel.json"
+
+
 # Each case: (id, setup(ds, tmp) -> (extra options, text the message must contain), exit code).
 # setup may break the dataset copy ``ds`` and prepare things in ``tmp`` (outside the input).
 PARTICIPANT_CASES: list[tuple[str, Callable[[Path, Path], tuple[list[str], str]], int]] = [
@@ -155,6 +186,20 @@ PARTICIPANT_CASES: list[tuple[str, Callable[[Path, Path], tuple[list[str], str]]
      lambda ds, tmp: (["--model", str(_big_card(ds, tmp))], "model_card.json"), 66),
     ("work-dir-inside-input",
      lambda ds, tmp: (["-w", str(ds / "bids" / "work")], str(ds / "bids" / "work")), 64),
+    # a card edited after training: its targets are not what the weights predict (issue 27)
+    ("model-card-target-renamed",
+     lambda ds, tmp: (["--model", str(_edited_model(tmp, _rename_target))],
+                      str(tmp / "editedmodel" / "model_card.json")), 66),
+    ("model-card-rois-reordered",  # same 200 ROIs, another order: said so, before any work
+     lambda ds, tmp: (["--model", str(_edited_model(tmp, _swap_rois))], "another order"), 66),
+    ("model-is-a-file",
+     lambda ds, tmp: (["--model", str(_a_file(tmp))], f"{tmp / 'notamodel.json'} is a file"),
+     66),
+    ("model-symlink-loop",
+     lambda ds, tmp: (["--model", str(_loop(tmp))], f"{tmp / 'loop'} is a symbolic link that "
+                                                    "loops"), 66),
+    ("nprocs-negative", lambda ds, tmp: (["--nprocs", "-1"], "--nprocs"), 64),
+    ("lock-timeout-negative", lambda ds, tmp: (["--lock-timeout", "-5"], "--lock-timeout"), 64),
 ]
 
 
@@ -212,6 +257,11 @@ def test_output_problems(base_dataset: Path, tmp_path: Path,
     (listed / "dataset_description.json").write_text("[1, 2]")
     assert_contract(capfd, run(listed), 64, "brainfm", str(listed / "dataset_description.json"),
                     before, ds)
+    # an output_dir that is a symbolic link to nowhere (not "File exists")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    line = assert_contract(capfd, run(dangling), 64, "brainfm", str(dangling), before, ds)
+    assert "symbolic link" in line and str(tmp_path / "gone") in line
     # bids_dir that does not exist
     code = brainfm_main([str(tmp_path / "nope"), str(tmp_path / "o"), "participant"])
     assert_contract(capfd, code, 66, "brainfm", str(tmp_path / "nope"), before, ds)
@@ -250,6 +300,176 @@ def test_full_disk_exits_1_and_publishes_no_participant(base_dataset: Path, tmp_
     assert incomplete_participants(out) == sorted(p.name for p in out.glob("sub-*/"))
     assert not list(out.glob("sub-*.html"))
     assert snapshot(ds) == before
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path):
+    """A real 2 MB file system (tmpfs), so that every write fails once it is full, small ones
+    (logs, crash files, nipype's result files) included; skipped where mounting is not
+    allowed (needs root and mount rights, as in CI)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        why = mounted.stderr.strip() or "mount failed"
+        pytest.skip(f"cannot mount a 2 MB tmpfs here ({why}): needs root and mount rights")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+# (id, which folder lies on the full disk, --nprocs): nipype's Linear and MultiProc plugins
+FULL_DISK_CASES = [
+    ("work-dir-full-linear", "work", "1"),
+    ("work-dir-full-multiproc", "work", "2"),
+    ("output-dir-full-linear", "output", "1"),
+    ("output-dir-full-multiproc", "output", "2"),
+]
+
+
+@pytest.mark.parametrize(("where", "nprocs"), [c[1:] for c in FULL_DISK_CASES],
+                         ids=[c[0] for c in FULL_DISK_CASES])
+def test_real_full_disk_ends_at_once_with_one_line(base_dataset: Path, tmp_path: Path,
+                                                   small_tmpfs: Path, where: str,
+                                                   nprocs: str) -> None:
+    """A full work or output disk: exit 1 within seconds, one line naming the full folder, no
+    traceback, no nipype lines on the console, no participant published (issue 27)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+    out = small_tmpfs / "out" if where == "output" else tmp_path / "out"
+    work = small_tmpfs / "work" if where == "work" else tmp_path / "work"
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "brainfm.bidsapp.cli", str(ds / "bids"), str(out),
+             "participant", "--skip-bids-validation", "--nprocs", nprocs, "--min-time", "0",
+             "-w", str(work)], capture_output=True, text=True,
+            env={**os.environ, "NIPYPE_NO_ET": "1"}, timeout=150)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"brainfm hung on a full disk (killed after {err.timeout} s)")
+    assert time.monotonic() - started < 120
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("brainfm: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert "No space left on device" in lines[0] and str(small_tmpfs) in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Logging error" not in proc.stderr and "nipype" not in proc.stdout, proc.stdout
+    assert [ln for ln in proc.stderr.splitlines() if "nipype.workflow" in ln] == []
+    assert snapshot(ds) == before
+    assert not list(out.glob("sub-*.html"))
+    assert incomplete_participants(out) == sorted(p.name for p in out.glob("sub-*/"))
+
+
+def test_duplicate_submission_fails_fast_or_waits(base_dataset: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """The same participants submitted twice at once (same output and work dir): the second
+    job stops at once with one line (exit 64), or waits with --lock-timeout; the first job
+    completes untouched (issue 27)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    before = snapshot(ds)
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(ds / "bids"), str(out), "participant", "--skip-bids-validation", "--nprocs", "1",
+            "--min-time", "0", "-w", str(work)]
+    first = subprocess.Popen([sys.executable, "-m", "brainfm.bidsapp.cli", *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "NIPYPE_NO_ET": "1"})
+    try:
+        assert first.stderr is not None
+        deadline = time.monotonic() + 120
+        for line in first.stderr:  # the first job holds its locks once the workflow runs
+            if "nipype plugin" in line or time.monotonic() > deadline:
+                break
+        capfd.readouterr()
+        started = time.monotonic()
+        code = brainfm_main(argv)
+        line = assert_contract(capfd, code, 64, "brainfm", "sub-01, sub-02", before, ds)
+        assert str(out / ".brainfm-locks" / "sub-01.lock") in line and "--lock-timeout" in line
+        assert time.monotonic() - started < 30  # fails fast, before any work
+        # asked to wait, it runs once the first has finished
+        assert brainfm_main([*argv, "--lock-timeout", "300"]) == 0
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert "Traceback" not in err and "brainfm: error" not in err
+    assert incomplete_participants(out) == []
+    assert {p.name for p in out.glob("sub-*.html")} == {"sub-01.html", "sub-02.html"}
+    assert snapshot(ds) == before
+
+
+def _oblique(ds: Path) -> str:
+    path = _bold(ds)
+    img = nb.load(path)
+    angle = np.radians(10)
+    rotation = np.array([[1, 0, 0, 0], [0, np.cos(angle), -np.sin(angle), 0],
+                         [0, np.sin(angle), np.cos(angle), 0], [0, 0, 0, 1]])
+    nb.Nifti1Image(np.asanyarray(img.dataobj), rotation @ img.affine, img.header
+                   ).to_filename(path)
+    return f"{path} is labelled space-MNI152NLin6Asym but its voxel grid is oblique"
+
+
+# (id, setup(ds) -> the text of the warning): input that is suspicious, not wrong
+WARNING_CASES = [
+    ("oblique-affine-labelled-mni", _oblique),
+    ("sidecar-tr-disagrees-with-header",
+     lambda ds: f"RepetitionTime 2.5 s in {_set_json(_bold_json(ds), RepetitionTime=2.5)} "
+                "disagrees with the NIfTI header"),
+]
+
+
+@pytest.mark.parametrize("setup", [c[1] for c in WARNING_CASES], ids=[c[0] for c in WARNING_CASES])
+def test_suspicious_input_is_warned(base_dataset: Path, tmp_path: Path, setup,
+                                    capfd: pytest.CaptureFixture[str],
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="brainfm")
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    text = setup(ds)
+    before = snapshot(ds)
+    code = brainfm_main([str(ds / "bids"), str(tmp_path / "out"), "participant",
+                         "--skip-bids-validation", "--boilerplate-only", "--nprocs", "1",
+                         "-w", str(tmp_path / "work")])
+    out, err = capfd.readouterr()
+    assert code == 0 and "Traceback" not in out + err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if text in w]) == 1, warnings
+    assert snapshot(ds) == before
+
+
+def test_node_failure_under_multiproc_is_quiet(base_dataset: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """A node that fails in a MultiProc worker: one error line, none of nipype's WARNING
+    lines on the console at default verbosity (they go to work/logs/nipype.log; issue 27)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(base_dataset, ds)
+    bold = _nan_bold(_bold(ds))
+    before = snapshot(ds)
+    code = brainfm_main([str(ds / "bids"), str(tmp_path / "out"), "participant",
+                         "--skip-bids-validation", "--nprocs", "2", "--min-time", "0",
+                         "-w", str(tmp_path / "work")])
+    out, err = capfd.readouterr()
+    assert code == 66 and str(bold) in err, err
+    assert "nipype" not in out and "WARNING" not in out + err, out
+    assert snapshot(ds) == before
+    assert "Error on" in (tmp_path / "work" / "logs" / "nipype.log").read_text()
+
+
+def test_edited_model_card_is_another_model(tmp_path: Path) -> None:
+    """The model hash covers the card: an edited card is reported as another model, the
+    weights' hash stays (issue 27); the packaged card file itself is not changed."""
+    from brainfm.models.checkpoint import verify_checkpoint
+
+    original = verify_checkpoint(DEFAULT_MODEL)
+    edited = verify_checkpoint(_edited_model(
+        tmp_path, lambda card: card["targets"][0].update(note="edited")))
+    assert edited["weights_sha256"] == original["weights_sha256"]
+    assert edited["model_sha256"] != original["model_sha256"]
+    assert "model_sha256" not in json.loads((DEFAULT_MODEL / "model_card.json").read_text())
 
 
 @pytest.fixture()
@@ -518,6 +738,16 @@ def test_training_bad_input(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -
     code = train_main(["predict", "--model", str(tmp_path / "nomodel"), str(toy),
                        "-o", str(tmp_path / "p.tsv")])
     assert_contract(capfd, code, 66, "brainfm-train", str(tmp_path / "nomodel"), before, toy)
+    # some subjects with one ROI column fewer: the odd files are named, not the first read
+    files = sorted(toy.glob("sub-*/func/*_timeseries.tsv"))
+    for odd in files[-2:]:
+        table = pd.read_csv(odd, sep="\t")
+        table.drop(columns=table.columns[3]).to_csv(odd, sep="\t", index=False, na_rep="n/a")
+    before = snapshot(toy)
+    code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "age", *common])
+    line = assert_contract(capfd, code, 66, "brainfm-train", str(files[-2]), before, toy)
+    assert "15 columns where 16 are expected" in line and "10 of the 12 files" in line
+    assert "the model" not in line
 
 
 def test_finetune_on_too_few_subjects_says_it_has_no_validation(

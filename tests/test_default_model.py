@@ -109,7 +109,8 @@ def test_default_model_predicts_demo_data_offline(tmp_path, no_network, abide_di
     assert meta["ModelCard"]["TargetLabels"]["age"] == "age (years)"
     assert meta["ModelCard"]["OutOfSiteAccuracy"]["age"]["mae"] > 0
     _, card = load_checkpoint(resolve_model_dir("default"))
-    assert meta["ModelSHA256"] == card["weights_sha256"]
+    assert meta["ModelSHA256"] == card["model_sha256"] != card["weights_sha256"]
+    assert meta["WeightsSHA256"] == card["weights_sha256"]
     assert meta["License"] == card["license"]  # the predictions carry the model's terms
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["License"] == card["license"]

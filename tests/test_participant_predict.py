@@ -15,7 +15,7 @@ from output_tree import output_tree
 
 from brainfm.atlases import roi_names
 from brainfm.bidsapp.cli import main
-from brainfm.models.checkpoint import save_checkpoint
+from brainfm.models.checkpoint import model_sha256, save_checkpoint
 from brainfm.models.model import BrainFM, BrainFMConfig
 from brainfm.testdata import make_dataset
 
@@ -69,7 +69,9 @@ def test_predictions_and_expert_weights_per_session(dataset, tmp_path):
             assert pred["n_runs"][0] == 1
             sidecar = json.loads((func / f"sub-{sub}_ses-{ses}_desc-brainfm_predictions.json")
                                  .read_text())
-            assert sidecar["ModelSHA256"] == card["weights_sha256"]
+            # the model hash covers the card too; the weights' own hash is kept beside it
+            assert sidecar["ModelSHA256"] == model_sha256(card, card["weights_sha256"])
+            assert sidecar["WeightsSHA256"] == card["weights_sha256"]
             assert sidecar["ModelCard"]["Atlas"] == "CC200"
             weights = pd.read_csv(func / f"sub-{sub}_ses-{ses}_atlas-CC200_desc-rwmoe_"
                                          "expertweights.tsv", sep="\t")

@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--nprocs", "--n-cpus", "--nthreads", type=int, default=0,
                       help="parallel processes (0: every CPU this job may use, e.g. its "
                            "SLURM or container allocation)")
+    perf.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="wait this long for a participant that another brainfm job is "
+                           "processing in the same output or work folder (default: stop at "
+                           "once with a message)")
     perf.add_argument("--omp-nthreads", type=int, default=1,
                       help="threads per process for numerical libraries")
     perf.add_argument("--use-plugin", metavar="YAML",

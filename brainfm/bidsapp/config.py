@@ -52,6 +52,7 @@ class Config:
     skip_bids_validation: bool = False
     verbosity: int = 0
     poll_sleep: float = 0.2
+    lock_timeout: float = 0.0
     bias_correction: str = "none"
     reference_ages: Path | None = None
     model: str = "default"
@@ -279,6 +280,12 @@ def from_args(args: Any) -> Config:
         raise UsageError("--min-coverage is a fraction between 0 and 1")
     if args.dummy_scans != "auto" and args.dummy_scans < 0:
         raise UsageError("--dummy-scans must not be negative")
+    for name in ("nprocs", "omp_nthreads", "lock_timeout"):
+        if getattr(args, name, 0) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative (got "
+                             f"{getattr(args, name):g}); "
+                             + ("0 uses every CPU this job may use" if name == "nprocs" else
+                                "give 0 or more"))
     nprocs = args.nprocs or available_cpus()
     plugin, plugin_args = load_plugin_settings(args.use_plugin) if args.use_plugin else (None, {})
     return Config(
@@ -316,6 +323,7 @@ def from_args(args: Any) -> Config:
         skip_bids_validation=args.skip_bids_validation,
         verbosity=args.verbose,
         poll_sleep=args.poll_sleep,
+        lock_timeout=float(getattr(args, "lock_timeout", 0.0)),
         bias_correction=args.bias_correction,
         reference_ages=Path(args.reference_ages).absolute() if args.reference_ages else None,
         model=_model_argument(args.model),

@@ -14,8 +14,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nb
+import nibabel.affines
 import numpy as np
 
 from brainfm.derivatives import index_ignore
@@ -168,7 +170,36 @@ def repetition_time_seconds(value: object, source: str) -> float:
     return tr
 
 
-def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
+#: Largest angle (degrees) between a voxel axis and the world axes of an image in a template
+#: space: images resampled to a template lie on its axis-aligned grid.
+MAX_TEMPLATE_OBLIQUITY_DEG = 1.0
+
+
+def _header_repetition_time(img: Any) -> float | None:
+    """The NIfTI header's volume spacing in seconds, or None when it says none."""
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] > 0:
+        return None
+    try:
+        unit = img.header.get_xyzt_units()[1]
+    except (AttributeError, IndexError):
+        return None
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)  # 'unknown': no statement
+    return float(zooms[3]) * scale if scale else None
+
+
+def _warn_if_oblique(bold: Path, affine: np.ndarray, space: str) -> None:
+    """Warn when an image labelled with a template space has an oblique (rotated) grid."""
+    angle = float(np.degrees(np.max(nb.affines.obliquity(affine))))
+    if angle > MAX_TEMPLATE_OBLIQUITY_DEG:
+        LOGGER.warning(
+            "%s is labelled space-%s but its voxel grid is oblique (%.1f degrees off the axes), "
+            "unlike an image resampled to that template: check that it really is in %s (the "
+            "atlases are placed on its grid as if it were)", bold, space, angle, space)
+
+
+def _check_run(bold: Path, confounds: Path, layout_file,
+               space: str | None = None) -> tuple[float, int]:
     try:
         img = nb.load(str(bold))
         shape = img.shape
@@ -188,9 +219,18 @@ def _check_run(bold: Path, confounds: Path, layout_file) -> tuple[float, int]:
             f"{confounds} has {n_rows} rows but {bold} has {n_vols} volumes; the confounds file "
             "must come from the same fMRIPrep run as the BOLD (one row per volume)."
         )
+    if space is not None and space.startswith("MNI"):
+        _warn_if_oblique(bold, img.affine, space)
     metadata = layout_file.get_metadata()
     if "RepetitionTime" in metadata:
-        return repetition_time_seconds(metadata["RepetitionTime"], _sidecar_name(bold)), n_vols
+        tr = repetition_time_seconds(metadata["RepetitionTime"], _sidecar_name(bold))
+        header_tr = _header_repetition_time(img)
+        if header_tr is not None and abs(header_tr - tr) > max(1e-3, 0.01 * tr):
+            LOGGER.warning(
+                "RepetitionTime %g s in %s disagrees with the NIfTI header of %s (%g s): brainfm "
+                "uses the sidecar's, as BIDS says; correct whichever is wrong", tr,
+                _sidecar_name(bold), bold, header_tr)
+        return tr, n_vols
     zooms = img.header.get_zooms()
     if len(zooms) < 4 or not zooms[3] > 0:
         raise InputError(f"no RepetitionTime for {bold}: add it (in seconds) to its JSON "
@@ -228,7 +268,7 @@ def _collect_run(layout, entities: tuple[tuple[str, str], ...], files: list,
     confounds = _one(layout, "confounds file (desc-confounds_timeseries.tsv)", bold,
                      *CONFOUNDS_LAYOUTS, **base, desc="confounds", extension=".tsv", space=None,
                      **filters.get("confounds", {}))
-    tr, n_vols = _check_run(bold, confounds, bold_file)
+    tr, n_vols = _check_run(bold, confounds, bold_file, space)
     return BoldRun(entities, space, bold, mask, confounds, tr, n_vols)
 
 

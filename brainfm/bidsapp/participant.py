@@ -24,10 +24,12 @@ from brainfm.bidsapp.records import (
 from brainfm.bidsapp.validation import validate_bids
 from brainfm.derivatives import ATLAS_DATASET, init_output_dataset
 from brainfm.errors import BrainfmError, UsageError, interrupted
-from brainfm.fileio import read_tsv, write_text_atomic
+from brainfm.fileio import participant_locks, read_tsv, write_text_atomic
+from brainfm.logs import QuietFileHandler
 from brainfm.participant_outputs import copy_atlases
 from brainfm.postproc.confounds import get_strategy
 from brainfm.workflows.crashes import combined_error, failures_from_crashfiles
+from brainfm.workflows.plugins import disk_full_error, make_plugin
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,15 +47,17 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
     Raises
     ------
     CheckpointError
-        An explicit ``--model`` that is missing or incomplete (exit 66).
+        An explicit ``--model`` that is missing or incomplete, or a card whose ROIs are not its
+        atlas' in the atlas' order (exit 66).
     UsageError
         An explicit ``--model`` whose atlas is not among ``--atlases``, or whose denoising
         strategy differs and ``--allow-model-mismatch`` is not given (exit 64).
     """
     if config.model.lower() == "none":
         return None, None
-    from brainfm.atlases import get_atlas
+    from brainfm.atlases import get_atlas, roi_names
     from brainfm.models.checkpoint import CheckpointError, resolve_model_dir, verify_checkpoint
+    from brainfm.models.sessions import header_difference
     from brainfm.postproc.confounds import strategy_matches
 
     try:
@@ -65,6 +69,12 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
         return None, None
     card = verify_checkpoint(folder)  # every check (files, hash, shapes) before any work
     atlas = get_atlas(str(card.get("atlas")))
+    names, atlas_names = card.get("roi_names"), roi_names(atlas.name)
+    if isinstance(names, list) and [str(n) for n in names] != atlas_names:
+        raise CheckpointError(
+            f"model card {folder / 'model_card.json'}: its roi_names are not the ROIs of atlas "
+            f"{atlas.name} in the atlas' order ({header_difference(names, atlas_names)}); "
+            "restore the card saved with the weights, or use a model trained on this atlas")
     problem = None
     if atlas.label not in atlas_labels:
         problem = (f"the model {folder} was trained on atlas {atlas.name} but the run is "
@@ -89,7 +99,8 @@ def prepare_model(config: Config, atlas_labels: list[str]) -> tuple[str | None, 
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was given but no CUDA device is available")
-    LOGGER.info("Predicting with model %s (atlas %s, sha256 %s)", folder, atlas.label,
+    LOGGER.info("Predicting with model %s (atlas %s, model sha256 %s, weights %s)", folder,
+                atlas.label, str(card.get("model_sha256", ""))[:12],
                 str(card.get("weights_sha256", ""))[:12])
     return str(folder), atlas.label
 
@@ -130,12 +141,20 @@ def preprocess_raw(config: Config) -> Path:
 
 
 def read_model_card(model_dir: str | None) -> dict[str, Any] | None:
-    """The card of the model that predicts (checked by :func:`prepare_model`), or None."""
+    """The card of the model that predicts (checked by :func:`prepare_model`), or None.
+
+    The card gets ``model_sha256``, the hash over its weights and itself
+    (:func:`brainfm.models.checkpoint.model_sha256`).
+    """
     if model_dir is None:
         return None
     import json
 
-    return json.loads((Path(model_dir) / "model_card.json").read_text())
+    from brainfm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, model_sha256, sha256_file
+
+    card = json.loads((Path(model_dir) / CARD_FILE).read_text())
+    return {**card, "model_sha256": model_sha256(card, sha256_file(Path(model_dir) /
+                                                                    WEIGHTS_FILE))}
 
 
 def workflow_settings(config: Config) -> dict:
@@ -180,16 +199,16 @@ def _configure_nipype_logging(verbosity: int, log_file: Path) -> None:
             handler.close()
     if verbosity == 0:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, delay=True)  # created when nipype logs
+        handler = QuietFileHandler(log_file, delay=True)  # created when nipype logs
         handler.brainfm_log = True  # type: ignore[attr-defined]
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
         # MultiProc's workers import nipype afresh, with its INFO default on stdout: they read
         # the levels from NIPYPE_CONFIG_DIR/nipype.cfg, which they inherit
         config_dir = log_file.parent / "nipype-config"
         config_dir.mkdir(exist_ok=True)
-        (config_dir / "nipype.cfg").write_text(
-            "[logging]\n" + "".join(f"{key} = {level}\n" for key in (
-                "workflow_level", "interface_level", "utils_level")))
+        write_text_atomic(config_dir / "nipype.cfg", "[logging]\n" + "".join(
+            f"{key} = {level}\n" for key in ("workflow_level", "interface_level",
+                                             "utils_level")))
         os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
     else:
         handler = logging.StreamHandler(stream=sys.stdout)
@@ -240,6 +259,17 @@ def run_participant_level(config: Config) -> None:
     n_selected = len(runs) + len(failed or {})
     if not runs:
         raise combined_error(failed or {}, n_selected)
+    # one job per participant at a time: a duplicate submission stops here, before it writes
+    with participant_locks(sorted(runs), (config.output_dir, config.work_dir),
+                           config.lock_timeout):
+        _process_participants(config, atlases, runs, settings, model_dir, model_atlas, failed,
+                              n_selected)
+
+
+def _process_participants(config: Config, atlases: list[Atlas], runs: dict, settings: dict,
+                          model_dir: str | None, model_atlas: str | None,
+                          failed: dict | None, n_selected: int) -> None:
+    """Place the atlases, write the shared outputs and run records, run the workflow."""
     placed = place_atlases(atlases, {run.space: run.bold_file for sub_runs in runs.values()
                                      for run in sub_runs}, config.work_dir / "atlases",
                            config.allow_atlas_space_mismatch)
@@ -296,27 +326,37 @@ def _run_workflow(config: Config, runs: dict, placed: dict, settings: dict,
     workflow.config["logging"] = {"workflow_level": level, "interface_level": level,
                                   "utils_level": level}
     started = time.time()
+    folders = (config.work_dir, config.output_dir)
+    plugin: Any
     if config.plugin:
         plugin, plugin_args = config.plugin, dict(config.plugin_args)
         # nipype's SLURM plugin names its jobs after $LOGNAME and fails with a KeyError where
         # it is unset (containers, CI, some batch shells)
         os.environ.setdefault("LOGNAME", getpass.getuser())
-    elif config.nprocs > 1:
-        plugin = "MultiProc"
+        LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
+        plugin_args.setdefault("status_callback", stop_if_interrupted)
+    else:
         # forkserver: workers do not inherit the parent's thread pools (torch, BLAS), which
         # can deadlock a forked child
-        plugin_args = {"n_procs": config.nprocs, "raise_insufficient": False,
-                       "mp_context": "forkserver"}
-    else:
-        plugin, plugin_args = "Linear", {}
-    LOGGER.info("nipype plugin %s %s", plugin, plugin_args or "")
-    plugin_args.setdefault("status_callback", stop_if_interrupted)
+        extra = {"mp_context": "forkserver"} if config.nprocs > 1 else {}
+        LOGGER.info("nipype plugin %s %s", "MultiProc" if config.nprocs > 1 else "Linear",
+                    {"n_procs": config.nprocs, **extra} if extra else "")
+        log_file = config.work_dir / "logs" / "nipype.log" if config.verbosity == 0 else None
+        plugin = make_plugin(config.nprocs, folders, log_file,
+                             status_callback=stop_if_interrupted, **extra)
+        plugin_args = None
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except OSError as err:  # outside any node (the plugin's own files): a full disk, mostly
+        if interrupted():
+            raise KeyboardInterrupt from err
+        raise disk_full_error(err, folders) or err from None
     except RuntimeError as err:
         if interrupted():
             raise KeyboardInterrupt from err
-        crashed = failures_from_crashfiles(crash_dir, started)
+        # crash files of this run's participants only (another job may share the work dir)
+        crashed = {s: e for s, e in failures_from_crashfiles(crash_dir, started).items()
+                   if s is None or s in runs}
         done = [s for s in sorted(runs) if s not in crashed]
         if done:
             summarise_runs(config.output_dir, done)

@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 from brainfm import __version__
 from brainfm.errors import UsageError
 from brainfm.fileio import write_text_atomic
+from brainfm.logs import QuietFileHandler
 
 #: Options not recorded: the positional arguments and the record's own options.
 NOT_RECORDED = ("bids_dir", "output_dir", "analysis_level", "config_file", "boilerplate_only",
@@ -100,7 +101,7 @@ class RunLog:
 
     def __enter__(self) -> RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handler = logging.FileHandler(self.path)
+        self._handler = QuietFileHandler(self.path)
         self._handler.setLevel(logging.INFO)
         self._handler.setFormatter(logging.Formatter(
             "%(asctime)s | %(levelname)-7s | %(name)s | %(message)s"))
@@ -170,7 +171,8 @@ def methods_boilerplate(options: Mapping[str, Any], atlases: list[Any], strategy
     if model_card:
         text += [
             f"Brain age was predicted with the brainfm model `{model_card.get('name', 'model')}` "
-            f"(weights SHA-256 {model_card.get('weights_sha256')}): a local masked autoencoder "
+            f"(model SHA-256 {model_card.get('model_sha256')}, over its weights and card; weights "
+            f"SHA-256 {model_card.get('weights_sha256')}): a local masked autoencoder "
             "encoder, a random-walk mixture of experts and a selective state-space predictor, "
             "stacked with a ridge regression on connectivity, with split-conformal intervals. "
             f"Its terms: {model_card.get('license')}.", ""]

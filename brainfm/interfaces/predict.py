@@ -125,7 +125,8 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
     """Predict every target for each session of one participant and write the derivatives.
 
     Runs of a session are combined (sliding windows over all included runs, averaged). Writes
-    ``sub-X[_ses-Y]_desc-brainfm_predictions.tsv`` (+ JSON sidecar with the model hash, a model
+    ``sub-X[_ses-Y]_desc-brainfm_predictions.tsv`` (+ JSON sidecar with the model hash over
+    weights and card, ``ModelSHA256``, and the weights' own, ``WeightsSHA256``, a model
     card summary, the sources and the runs excluded by QC with their reason) and
     ``sub-X[_ses-Y]_atlas-<A>_desc-rwmoe_expertweights.tsv`` (ROI x expert gate weights).
 
@@ -166,9 +167,13 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
                 continue
             table = read_tsv(result_dir / f"atlas-{atlas_label}_timeseries.tsv")
             if list(table.columns) != list(card["roi_names"]):
+                from brainfm.models.sessions import header_difference
+
                 raise InputError(
                     f"the {atlas_label} time series of {run_name} do not have the ROIs of the "
-                    f"model {model_dir} ({table.shape[1]} vs {len(card['roi_names'])} ROIs)")
+                    f"model {model_dir}: "
+                    f"{header_difference(list(table.columns), card['roi_names'])}; use a model "
+                    f"trained on the atlas' ROIs in its dseg.tsv order")
             included.append((table.to_numpy(dtype=float), float(run["repetition_time"])))
             seconds += float(info["retained_seconds"])
             sources.append(build_name({**run["entities"], "space": run["space"],
@@ -193,7 +198,9 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
         written.append(str(write_tsv_atomic(tsv, pd.DataFrame([row]))))
         written.append(str(write_json_atomic(tsv.with_suffix(".json"), {
             "Description": _DESCRIPTION_ENSEMBLE if card.get("ensemble") else _DESCRIPTION,
-            "ModelSHA256": card.get("weights_sha256"),
+            # the model is its weights and its card: an edited card gives another hash
+            "ModelSHA256": card.get("model_sha256"),
+            "WeightsSHA256": card.get("weights_sha256"),
             "License": card.get("license"),
             "ModelCard": model_card_summary(card),
             "TargetNotes": target_notes(card),
@@ -210,7 +217,8 @@ def predict_participant(result_dirs: list[str], runs: list[dict], model_dir: str
             written.append(str(write_json_atomic(path.with_suffix(".json"), {
                 "Description": "Mean RWMoE gate weight of each ROI for each expert over the "
                                "session's windows (rows sum to 1; 0 for masked ROIs).",
-                "ModelSHA256": card.get("weights_sha256"),
+                "ModelSHA256": card.get("model_sha256"),
+                "WeightsSHA256": card.get("weights_sha256"),
             })))
     return written
 

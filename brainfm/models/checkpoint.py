@@ -11,6 +11,7 @@ always describes complete weights.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -36,6 +37,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "CheckpointError",
     "load_checkpoint",
+    "model_sha256",
     "resolve_model_dir",
     "save_checkpoint",
     "sha256_file",
@@ -73,6 +75,40 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+#: Key of the model hash that :func:`verify_checkpoint` and :func:`load_checkpoint` add to
+#: the card they return (never written into a card file).
+MODEL_HASH_KEY = "model_sha256"
+
+
+def model_sha256(card: dict[str, Any], weights_sha256: str) -> str:
+    """SHA-256 of a model: its weights and its card, so that an edited card is another model.
+
+    The digest of ``b"brainfm-model\\0"``, the weights file's SHA-256 (hex) and the card as
+    canonical JSON (sorted keys, no spaces, UTF-8; without :data:`MODEL_HASH_KEY`). Computed
+    when a model is loaded, so the card file need not record it.
+
+    Parameters
+    ----------
+    card : dict
+        The model card as read from ``model_card.json``.
+    weights_sha256 : str
+        SHA-256 of ``model.safetensors`` (hex).
+
+    Returns
+    -------
+    str
+        Lower-case hexadecimal digest.
+    """
+    body = {k: v for k, v in card.items() if k != MODEL_HASH_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
+    h = hashlib.sha256(b"brainfm-model\0")
+    h.update(weights_sha256.encode("ascii"))
+    h.update(b"\0")
+    h.update(canonical.encode("utf-8"))
     return h.hexdigest()
 
 
@@ -129,7 +165,7 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEns
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
     write_atomic(weights, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    full = dict(card)
+    full = {k: v for k, v in card.items() if k != MODEL_HASH_KEY}  # computed at load time
     if isinstance(model, BrainFMEnsemble):
         full["ensemble"] = model.spec
     full.update({
@@ -144,6 +180,26 @@ def save_checkpoint(out_dir: str | os.PathLike[str], model: BrainFM | BrainFMEns
     text = json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n"
     write_atomic(out / CARD_FILE, lambda p: p.write_text(text, encoding="utf-8"))
     return out
+
+
+def _not_a_folder(folder: Path) -> str:
+    """Why ``folder`` (not a folder) cannot be a model folder, in words, with the fix."""
+    if folder.is_symlink():
+        target = os.readlink(folder)
+        try:
+            folder.resolve(strict=True)
+        except (RuntimeError, OSError) as exc:
+            if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+                return (f"model folder {folder} is a symbolic link that loops ({folder} -> "
+                        f"{target}); point it at the model folder")
+            return (f"model folder {folder} is a symbolic link to {target}, which does not "
+                    "exist; point it at the model folder")
+    if folder.exists():
+        hint = (f"; give its folder {folder.parent}" if folder.name in (CARD_FILE, WEIGHTS_FILE)
+                else "")
+        return (f"--model {folder} is a file, not a model folder (a folder holding {CARD_FILE} "
+                f"and {WEIGHTS_FILE}){hint}")
+    return f"model folder {folder} does not exist; {_TRAIN_HINT}"
 
 
 def _read_card(card_path: Path) -> dict[str, Any]:
@@ -163,10 +219,16 @@ def verify_checkpoint(
 ) -> dict[str, Any]:
     """Every check of :func:`load_checkpoint`, without reading the weights; returns the card.
 
-    The files, the card's format, the weights' SHA-256, the atlas and ROI names, and the card's
-    architecture against the weights' tensor shapes (the model built under an element budget,
+    The files, the card's format, the weights' SHA-256, the card's targets against what its
+    model predicts, the atlas and ROI names, and the card's architecture against the weights'
+    tensor shapes (the model built under an element budget,
     weights not loaded). The participant level calls it before any work; its prediction node
     then loads the model.
+
+    Returns
+    -------
+    dict
+        The card, with ``model_sha256`` (weights and card, :func:`model_sha256`) added.
 
     Raises
     ------
@@ -183,7 +245,7 @@ def _verified_model(folder: Path, expected_atlas: str | None,
     card_path = folder / CARD_FILE
     weights_path = folder / WEIGHTS_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+        raise CheckpointError(_not_a_folder(folder))
     for p in (card_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"model file {p} is missing: the folder {folder} is not a "
@@ -201,6 +263,8 @@ def _verified_model(folder: Path, expected_atlas: str | None,
         raise CheckpointError(f"weights file {weights_path} does not match its model card "
                               f"{card_path} (sha256 {actual} != {expected_hash}): the file is "
                               "corrupt or was replaced")
+    _check_targets(card, card_path)
+    card = {**card, MODEL_HASH_KEY: model_sha256(card, actual)}
     if expected_atlas is not None and card.get("atlas") != expected_atlas:
         raise CheckpointError(f"model {card_path} was trained on atlas {card.get('atlas')!r} but "
                               f"the data use atlas {expected_atlas!r}; choose the matching atlas "
@@ -237,6 +301,48 @@ def _verified_model(folder: Path, expected_atlas: str | None,
     return card, _build_checked(spec, configs[0], weights_path, card_path)
 
 
+def _target_names(targets: Any) -> list[Any] | None:
+    if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+        return None
+    return [t.get("name") for t in targets]
+
+
+def _check_targets(card: dict[str, Any], card_path: Path) -> None:
+    """The card's targets must be the ones its model predicts (an edited card is refused).
+
+    ``targets`` names the prediction columns; the network's config (``config.targets``) or, for
+    an ensemble, its ``ensemble.targets`` and each member's ``targets`` and config say what the
+    weights were trained to predict. They are written together by :func:`save_checkpoint`, so
+    any difference means the card was edited after training.
+    """
+    names = _target_names(card.get("targets", []))
+    fix = "the card was edited after training; restore the model_card.json saved with the weights"
+    if names is None:
+        raise CheckpointError(f"model card {card_path} has a malformed targets list; {fix}")
+    spec = card.get("ensemble")
+    if isinstance(spec, dict):
+        predicted = _target_names(spec.get("targets"))
+        if predicted is not None and predicted != names:
+            raise CheckpointError(
+                f"model card {card_path} lists targets {names} but its ensemble predicts "
+                f"{predicted}; {fix}")
+        for i, member in enumerate(spec.get("members") or []):
+            if not isinstance(member, dict):
+                continue
+            own = _target_names(member.get("targets"))
+            trained = (member.get("config") or {}).get("targets")
+            if own is not None and (not set(own) <= set(names) or (
+                    isinstance(trained, list) and list(trained) != own)):
+                raise CheckpointError(
+                    f"model card {card_path}: ensemble member {i} predicts {trained} with "
+                    f"targets {own}, not among the card's targets {names}; {fix}")
+        return
+    trained = (card.get("config") or {}).get("targets")
+    if names and isinstance(trained, list) and list(trained) != names:
+        raise CheckpointError(f"model card {card_path} lists targets {names} but its network "
+                              f"was trained to predict {list(trained)}; {fix}")
+
+
 def load_checkpoint(
     model_dir: str | os.PathLike[str],
     expected_atlas: str | None = None,
@@ -262,7 +368,7 @@ def load_checkpoint(
     model : BrainFM or BrainFMEnsemble
         The model in eval mode (an ensemble when the card has an ``ensemble`` section).
     card : dict
-        The model card.
+        The model card, with ``model_sha256`` (:func:`model_sha256`: weights and card) added.
 
     Raises
     ------
@@ -376,7 +482,7 @@ def resolve_model_dir(name: str | os.PathLike[str]) -> Path:
         return folder
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist; {_TRAIN_HINT}")
+        raise CheckpointError(_not_a_folder(folder))
     if not (folder / CARD_FILE).is_file():
         raise CheckpointError(f"model folder {folder} has no {CARD_FILE}; {_TRAIN_HINT}")
     return folder

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from brainfm.derivatives import parse_entities
 from brainfm.errors import InputError
@@ -78,6 +80,7 @@ def load_session(
     files: Sequence[RunFile | Path | str],
     sampling_rate_hz: float = DEFAULT_SAMPLING_RATE_HZ,
     expected_roi_names: Sequence[str] | None = None,
+    expected_from: str = "the model",
 ) -> SessionData:
     """Load and combine the runs of one participant's session.
 
@@ -89,6 +92,8 @@ def load_session(
         Common sampling rate of the output runs.
     expected_roi_names : sequence of str, optional
         When given, every run's header must equal it (e.g. the model card's ROI names).
+    expected_from : str, optional
+        What ``expected_roi_names`` come from, for the message (default ``"the model"``).
 
     Returns
     -------
@@ -109,16 +114,16 @@ def load_session(
     sidecars: list[dict] = []
     for rf in run_files:
         data, roi_names, meta = read_timeseries(rf.path)
+        if expected_roi_names is not None and list(expected_roi_names) != roi_names:
+            raise InputError(f"{rf.path}: its ROI names do not match those of "
+                             f"{expected_from}: {header_difference(roi_names, expected_roi_names)}"
+                             "; use time series of the same atlas (or re-run its parcellation)")
         if names is None:
             names = roi_names
-            if expected_roi_names is not None and list(expected_roi_names) != roi_names:
-                raise InputError(
-                    f"{rf.path}: ROI names do not match the model ({len(roi_names)} columns "
-                    f"in the file, {len(expected_roi_names)} expected); use time series of the "
-                    "model's atlas"
-                )
         elif roi_names != names:
-            raise InputError(f"{rf.path}: ROI header differs from the session's first run")
+            raise InputError(f"{rf.path}: its ROI names differ from those of the session's "
+                             f"first run {run_files[0].path}: "
+                             f"{header_difference(roi_names, names)}")
         raw.append((data, float(meta["RepetitionTime"])))
         sidecars.append(meta)
     assert names is not None
@@ -268,6 +273,49 @@ def group_sessions(files: Iterable[RunFile]) -> dict[tuple[str, str | None], lis
     return groups
 
 
+def header_difference(found: Sequence[str], expected: Sequence[str]) -> str:
+    """How an ROI header differs from the expected one, in words (count, or first column).
+
+    Parameters
+    ----------
+    found, expected : sequence of str
+        The file's ROI names and the expected ones, in column order.
+
+    Returns
+    -------
+    str
+        E.g. ``"199 columns where 200 are expected (CC200_137 is missing)"`` or ``"column 2 is
+        'CC200_003' where 'CC200_002' is expected (same ROIs, another order)"``.
+    """
+    found, expected = [str(n) for n in found], [str(n) for n in expected]
+    if len(found) != len(expected):
+        missing = [n for n in expected if n not in set(found)][:3]
+        extra = [n for n in found if n not in set(expected)][:3]
+        what = "; ".join(part for part in (
+            f"{', '.join(missing)} missing" if missing else "",
+            f"{', '.join(extra)} unexpected" if extra else "") if part)
+        return (f"{len(found)} columns where {len(expected)} are expected"
+                + (f" ({what})" if what else ""))
+    i = next(k for k, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
+    order = ("same ROIs, another order" if sorted(found) == sorted(expected)
+             else "other ROI names")
+    return f"column {i + 1} is {found[i]!r} where {expected[i]!r} is expected ({order})"
+
+
+def _cohort_header(files: Sequence[RunFile]) -> tuple[list[str], str] | None:
+    """The ROI header most of the cohort's files have, and how many have it; None if unread."""
+    headers: Counter[tuple[str, ...]] = Counter()
+    for rf in files:
+        try:
+            headers[tuple(str(c) for c in pd.read_csv(rf.path, sep="\t", nrows=0).columns)] += 1
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue  # load_session names the unreadable file
+    if not headers:
+        return None
+    header, count = headers.most_common(1)[0]
+    return list(header), f"{count} of the {len(files)} files of the cohort"
+
+
 def _dataset_root(path: Path) -> Path:
     for parent in path.parents:
         if parent.name.startswith("sub-"):
@@ -289,18 +337,25 @@ def load_sessions(
     sampling_rate_hz : float, optional
         Common sampling rate.
     expected_roi_names : sequence of str, optional
-        Required header; by default the first file's header, which all others must match.
+        Required header; by default the header most of the files have, which all must match
+        (so the message names the odd files, not the first one read).
 
     Returns
     -------
     list of SessionData
         One per (participant, session), in the order of ``files``.
     """
+    files = list(files)
     groups = group_sessions(files)
     sessions: list[SessionData] = []
     names = list(expected_roi_names) if expected_roi_names is not None else None
+    origin = "the model"
+    if names is None:  # the header most files have: the odd file out is the one named
+        found = _cohort_header(files)
+        if found is not None:
+            names, origin = found
     for i, runs in enumerate(groups.values()):
-        sess = load_session(runs, sampling_rate_hz, names)
+        sess = load_session(runs, sampling_rate_hz, names, expected_from=origin)
         names = sess.roi_names
         sessions.append(sess)
         if (i + 1) % 200 == 0:

@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 
 from brainfm.errors import BrainfmError, ProcessingError
 from brainfm.workflows.crashes import crashfiles_since, error_from_crashfile
+from brainfm.workflows.plugins import make_plugin
 
 
 def error_from_crash(crash_dir: Path, since: float) -> BrainfmError:
@@ -37,7 +38,8 @@ def run_workflow(workflow: pe.Workflow, work_dir: str | Path, nprocs: int,
     Raises
     ------
     BrainfmError
-        The error of the failing node (see :func:`error_from_crash`).
+        The error of the failing node (see :func:`error_from_crash`); a
+        :class:`~brainfm.workflows.plugins.DiskFullError` when a disk is full.
     """
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -52,10 +54,6 @@ def run_workflow(workflow: pe.Workflow, work_dir: str | Path, nprocs: int,
     })
     started = time.time()
     try:
-        if nprocs > 1:
-            workflow.run(plugin="MultiProc",
-                         plugin_args={"n_procs": int(nprocs), "raise_insufficient": False})
-        else:
-            workflow.run(plugin="Linear")
+        workflow.run(plugin=make_plugin(nprocs, [work]))
     except RuntimeError as err:
         raise error_from_crash(crash_dir, started) from err

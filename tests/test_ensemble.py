@@ -309,13 +309,15 @@ def test_brainfm_train_ensemble_cli(toy: Path, tmp_path: Path, single_torch_thre
                  "-o", str(tmp_path / "bad")]) == 64
 
 
-def test_run_shorter_than_a_window_is_not_reliable(fitted: tuple) -> None:
+def test_run_shorter_than_a_window_is_not_reliable(fitted: tuple, caplog) -> None:
     model, _, sessions, *_ = fitted
     card = {"roi_names": ROIS, "sampling_rate_hz": 0.5, "window": TINY["window"],
             "targets": model.spec["targets"]}
     s = sessions[1]
     full = model.predict_session(card, s)["predictions"]
     short = type(s)(**{**s.__dict__, "runs": [r[:, : TINY["window"] // 2] for r in s.runs]})
-    out = model.predict_session(card, short)["predictions"]
+    with caplog.at_level("WARNING", logger="brainfm.models.ensemble"):
+        out = model.predict_session(card, short)["predictions"]
     assert out["age_reliable"] is False
+    assert f"{s.participant_id}: its longest run" in caplog.text
     assert isinstance(full["age_reliable"], bool) and "age_expected_mae" in out

@@ -18,6 +18,7 @@ Everything lives in one safetensors file (members under ``members.<m>.``, linear
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,8 @@ TRANSFORMS = {
 #: Central interval levels written with every prediction.
 INTERVAL_LEVELS = (0.5, 0.9)
 _Z90 = 1.6448536269514722
+
+LOGGER = logging.getLogger(__name__)
 
 
 def interval_columns(name: str) -> list[str]:
@@ -244,6 +247,11 @@ class BrainFMEnsemble(nn.Module):
         if window and max(r.shape[1] for r in session.runs) < window:
             # shorter than one model window: the windows are padded, the prediction is not
             # what the card's out-of-fold evidence describes
+            LOGGER.warning(
+                "%s: its longest run has %d samples, shorter than the model window (%d "
+                "samples at the model's sampling rate): its predictions are marked "
+                "unreliable (<target>_reliable false); use runs of at least one window",
+                session.participant_id, max(r.shape[1] for r in session.runs), window)
             for target in self.spec["targets"]:
                 if "reliable" in target:
                     predictions[reliability_columns(target["name"])[0]] = False

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Linear member features: the shipped Fisher-z edges against tangent-space alternatives.
 
-The recipe's linear member (``brainfm.models.stacking.fit_linear``) is ridge on correlation-
+The recipe's linear member (``brainfm.models.linear_member.fit_linear``) is ridge on correlation-
 normalised Fisher-z edges, with log age. This script asks whether another connectivity
 representation would serve it better, with the same protocol as the recipe: in every outer
 fold the penalty (and a blend weight) are chosen on inner whole-site folds of the training

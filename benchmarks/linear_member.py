@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Linear member variants: can the recipe's ridge on Fisher-z edges be tuned further?
 
-The recipe's linear member (``brainfm.models.stacking.fit_linear``) is ridge on correlation-
+The recipe's linear member (``brainfm.models.linear_member.fit_linear``) is ridge on correlation-
 normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site folds from
 ``ALPHA_GRID``. Each variant below changes one choice, with the same protocol as the recipe
 (every choice made on inner site folds of the outer training subjects only):
@@ -21,7 +21,7 @@ normalised Fisher-z edges with log age, its penalty chosen on 3 inner whole-site
 - ``half-segments``: augmentation of the training set with connectivity from sub-segments
   (the issue's suggestion): every training subject adds two rows, the Fisher-z edges of the
   first and of the second half of its (resampled, concatenated) series, with its own age
-  (``stacking.fit_linear`` with ``segments``, what the recipe now chooses from). Test subjects
+  (``linear_member.fit_linear`` with ``segments``, what the recipe now chooses from). Test subjects
   are predicted from their whole-session edges, as in the shipped member; the inner folds keep
   a subject's three rows together and predict from whole-session rows only; ``a`` in the inner
   choices says whether they prefer it to the whole-session member;
@@ -53,8 +53,9 @@ from brainfm.models.baselines import (
     kernel_ridge_predict,
     out_of_fold,
 )
+from brainfm.models.linear_member import fit_linear, segment_edges
 from brainfm.models.options import TrainOptions
-from brainfm.models.stacking import fit_linear, inner_site_folds, segment_edges
+from brainfm.models.stacking import inner_site_folds
 
 #: Target transforms: name -> (forward, inverse).
 TRANSFORMS = {"log": (np.log, np.exp),
@@ -83,7 +84,7 @@ def member(kernel: np.ndarray, y: np.ndarray, sites: np.ndarray, train: np.ndarr
 
 def augmented_member(edges: np.ndarray, segments: np.ndarray, y: np.ndarray, sites: np.ndarray,
                      train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
-    """The recipe's linear member (``stacking.fit_linear``) trained with each training
+    """The recipe's linear member (``linear_member.fit_linear``) trained with each training
     subject's sub-segment rows added: (test predictions in log units, inner MAE in years)."""
     folds = inner_site_folds(sites[train], 3, 0)
     fit = fit_linear(edges[train], np.log(y[train]), y[train], folds, np.exp, segments[train])

@@ -11,6 +11,7 @@ import pytest
 from toy_cohort import ROIS, TINY, make_toy_cohort
 
 from brainfm.errors import InputError
+from brainfm.models import linear_member as L
 from brainfm.models import stacking as S
 from brainfm.models.baselines import (
     correlation_features,
@@ -18,7 +19,7 @@ from brainfm.models.baselines import (
     kernel_ridge_predict,
     subject_kernel,
 )
-from brainfm.models.calibration import apply_recalibration
+from brainfm.models.calibration import apply_recalibration, conformal_halfwidth
 from brainfm.models.checkpoint import CheckpointError, load_checkpoint
 from brainfm.models.cli import main
 from brainfm.models.ensemble import INTERVAL_LEVELS, BrainFMEnsemble, interval_columns
@@ -80,13 +81,13 @@ def test_conformal_halfwidth_covers_nominally() -> None:
     covered = []
     for _ in range(200):
         calib = rng.normal(size=50)
-        half = S.conformal_halfwidth(calib, 0.9)
+        half = conformal_halfwidth(calib, 0.9)
         covered.append(np.mean(np.abs(rng.normal(size=200)) <= half))
     assert 0.88 <= np.mean(covered) <= 0.94  # split conformal: >= 0.9 on average, slightly over
     # finite-sample rule: with 9 residuals the 90 % quantile is the largest
-    assert S.conformal_halfwidth(np.arange(1.0, 10.0), 0.9) == 9.0
+    assert conformal_halfwidth(np.arange(1.0, 10.0), 0.9) == 9.0
     with pytest.raises(InputError):
-        S.conformal_halfwidth(np.array([np.nan]), 0.9)
+        conformal_halfwidth(np.array([np.nan]), 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +144,10 @@ def test_fit_ensemble_members_hold_out_sites(fitted: tuple) -> None:
     for target in spec["targets"]:
         choice = info["stacking"][target["name"]]
         scores = choice["oof_mae_by_linear_candidate"]
-        assert set(scores) == {S.linear_candidate_name(t, c) for t in S.TRANSFORM_CANDIDATES
-                               for c in S.SEGMENT_CANDIDATES}
+        assert set(scores) == {L.linear_candidate_name(t, c) for t in L.TRANSFORM_CANDIDATES
+                               for c in L.SEGMENT_CANDIDATES}
         best = min(scores, key=scores.get)
-        assert best == S.linear_candidate_name(target["transform"], choice["segments"])
+        assert best == L.linear_candidate_name(target["transform"], choice["segments"])
         assert target["linear"]["training_segments"] == choice["segments"]
 
 
@@ -157,10 +158,10 @@ def test_choose_linear_finds_the_scale_of_the_relation() -> None:
     folds = S.inner_site_folds(sites, 3, seed=0)
     signal = x[:, 0] - x[:, 1]
     skewed = np.exp(2.5 + 0.6 * signal)  # linear in log: ages 5 to 60
-    assert S.choose_linear(x, skewed, folds)[:2] == ("log", 0)
-    assert S.choose_linear(x, 30 + 5 * signal, folds)[:2] == ("identity", 0)
+    assert L.choose_linear(x, skewed, folds)[:2] == ("log", 0)
+    assert L.choose_linear(x, 30 + 5 * signal, folds)[:2] == ("identity", 0)
     # log is never offered for values that are not all positive
-    name, _, _, scores = S.choose_linear(x, 5 * signal, folds)
+    name, _, _, scores = L.choose_linear(x, 5 * signal, folds)
     assert name == "identity" and set(scores) == {"identity"}
 
 
@@ -174,12 +175,12 @@ def test_choose_linear_takes_augmentation_only_when_it_helps_held_out_subjects()
     # two more, independent measurements of the same brains (as the halves of a session are):
     # more rows with the right targets average the measurement noise out of the fit
     views = latent[:, None, :] + rng.normal(size=(n, 2, p))
-    name, count, _, scores = S.choose_linear(x, y, folds, ("identity",), {0: None, 2: views})
+    name, count, _, scores = L.choose_linear(x, y, folds, ("identity",), {0: None, 2: views})
     assert (name, count) == ("identity", 2)
     assert scores["identity+2 segments"] < scores["identity"]
     # views unrelated to their subject only add noise: whole sessions alone win
     foreign = rng.normal(size=(n, 2, p))
-    assert S.choose_linear(x, y, folds, ("identity",), {0: None, 2: foreign})[1] == 0
+    assert L.choose_linear(x, y, folds, ("identity",), {0: None, 2: foreign})[1] == 0
 
 
 def test_fit_linear_without_segments_is_site_fold_kernel_ridge() -> None:
@@ -187,7 +188,7 @@ def test_fit_linear_without_segments_is_site_fold_kernel_ridge() -> None:
     x = correlation_features(rng.normal(size=(90, 50)))
     y = x[:, 0] * 3 + 0.1 * rng.normal(size=90)
     folds = S.inner_site_folds(np.repeat(np.arange(6), 15), 3, seed=0)
-    fit = S.fit_linear(x, y, y, folds, lambda v: v)
+    fit = L.fit_linear(x, y, y, folds, lambda v: v)
     kernel = x @ x.T
     alpha = fit["alpha"]
     for held in folds:  # the reference: kernel ridge on the other folds, in its dual form
@@ -205,7 +206,7 @@ def test_fit_linear_with_segments_trains_each_fold_on_other_subjects_rows_only()
     y = x[:, 0] * 3 + 0.1 * rng.normal(size=n)
     folds = S.inner_site_folds(np.repeat(np.arange(6), 15), 3, seed=0)
     views = x[:, None, :] + 0.3 * rng.normal(size=(n, 2, p))
-    fit = S.fit_linear(x, y, y, folds, lambda v: v, views)
+    fit = L.fit_linear(x, y, y, folds, lambda v: v, views)
     # reference in primal form: per fold, ridge on every row (whole session and both halves)
     # of the other folds' subjects, predicting the held-out subjects' whole sessions
     for held in folds:

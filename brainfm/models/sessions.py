@@ -213,7 +213,7 @@ def segment_connectivity(session: SessionData, n_segments: int) -> list[np.ndarr
     The session's (resampled, standardised) runs are concatenated and cut into ``n_segments``
     parts (the first ones a time point shorter when the length does not divide); each part's
     connectivity is a noisier view of the same brain, which the linear members train on as
-    augmentation (:func:`brainfm.models.stacking.fit_linear`).
+    augmentation (:func:`brainfm.models.linear_member.fit_linear`).
 
     Parameters
     ----------

@@ -463,3 +463,61 @@ def test_option_errors(tmp_path):
     (fx["bids"] / "participants.tsv").unlink()
     with pytest.raises(InputError, match="known ages"):
         run_group_level(make_config(fx["bids"], fx["out"], bias_correction="residual"))
+
+
+def _set_ages(path: Path, ages: dict[str, float]) -> None:
+    table = pd.read_csv(path, sep="\t")
+    for sub, age in ages.items():
+        table.loc[table["participant_id"] == sub, "age"] = age
+    table.to_csv(path, sep="\t", index=False)
+
+
+def test_missing_age_codes_are_read_as_na_with_one_warning(tmp_path, caplog):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {"sub-02": -9999, "sub-04": -999})
+    with caplog.at_level("WARNING", logger="brainfm"):
+        result = compute_group(fx["out"], fx["bids"])
+    ages = result.table.set_index("participant_id")["age"]
+    assert np.isnan(ages["sub-02"]) and np.isnan(ages["sub-04"])
+    assert ages["sub-01"] == pytest.approx(fx["ages"]["sub-01"])
+    assert result.metrics["targets"]["age"]["n"] == 3  # the coded ages are not ages
+    coded = [r.getMessage() for r in caplog.records if "missing code" in r.getMessage()]
+    assert len(coded) == 1
+    assert str(path) in coded[0] and "'age'" in coded[0] and "-9999/-999" in coded[0]
+    assert "sub-02" in coded[0] and "sub-04" in coded[0] and "sub-01" not in coded[0]
+
+
+@pytest.mark.parametrize("age", [-5.0, 0.0, 150.0])
+def test_impossible_ages_are_refused_naming_file_and_participants(tmp_path, age):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {"sub-03": age})
+    with pytest.raises(InputError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    message = str(err.value)
+    assert err.value.exit_code == 66
+    assert str(path) in message and f"sub-03: {age:g}" in message and "sub-01" not in message
+    assert "n/a" in message  # the fix: unknown ages are n/a
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_ages_in_months_are_refused(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {sub: 12 * age for sub, age in fx["ages"].items()})
+    with pytest.raises(InputError, match="months") as err:
+        compute_group(fx["out"], fx["bids"])
+    assert str(path) in str(err.value) and "divide the column by 12" in str(err.value)
+    assert "sub-02" in str(err.value)
+
+
+def test_reference_ages_with_a_missing_code(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=8, sessions_for=(), noise=0.2, seed=7,
+                             experts=False)
+    ref = tmp_path / "reference.tsv"
+    ids = ["sub-01", "sub-03", "sub-05", "sub-07"]
+    pd.DataFrame({"participant_id": ids, "age": [fx["ages"][s] for s in ids[:3]] + [-9999]}
+                 ).to_csv(ref, sep="\t", index=False)
+    result = compute_group(fx["out"], fx["bids"], "linear", ref)
+    assert result.correction["reference_participants"] == ids[:3]

@@ -459,6 +459,13 @@ def _ages(fx: dict, ages: dict[str, float]) -> str:
     return str(path)
 
 
+def _second_model(fx: dict, sub: str) -> str:
+    """Give this participant's predictions another model hash; return its short form."""
+    path = next(fx["out"].glob(f"{sub}/func/*_predictions.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ModelSHA256": "ab" * 32}))
+    return "abababababab…"
+
+
 # Each case: (id, setup(fx, tmp) -> (extra options, texts the one error or warning line must
 # contain), exit code). ``fx`` is tests/test_group.py's fixture of participant-level outputs
 # (sub-01 .. sub-05, ages known); exit 0 means a run that goes on with one warning line.
@@ -469,6 +476,12 @@ GROUP_CASES: list[tuple[str, Callable[[dict, Path], tuple[list[str], list[str]]]
     ("age-negative", lambda fx, tmp: ([], [_ages(fx, {"sub-03": -5}), "sub-03: -5", "n/a"]), 66),
     ("age-zero", lambda fx, tmp: ([], [_ages(fx, {"sub-03": 0}), "sub-03: 0", "n/a"]), 66),
     ("age-150", lambda fx, tmp: ([], [_ages(fx, {"sub-03": 150}), "sub-03: 150", "n/a"]), 66),
+    ("mixed-models",
+     lambda fx, tmp: ([], [str(fx["out"]), _second_model(fx, "sub-02"), "sub-02",
+                           "--allow-mixed-models"]), 64),
+    ("mixed-models-allowed",
+     lambda fx, tmp: (["--allow-mixed-models"], [str(fx["out"]), _second_model(fx, "sub-02"),
+                                                 "sub-02", "per model"]), 0),
     ("ages-in-months",
      lambda fx, tmp: ([], [_ages(fx, {s: 12 * a for s, a in fx["ages"].items()}), "months",
                            "divide the column by 12"]), 66),

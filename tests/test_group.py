@@ -521,3 +521,60 @@ def test_reference_ages_with_a_missing_code(tmp_path):
                  ).to_csv(ref, sep="\t", index=False)
     result = compute_group(fx["out"], fx["bids"], "linear", ref)
     assert result.correction["reference_participants"] == ids[:3]
+
+
+OTHER_SHA = "ab" * 32
+
+
+def _set_sidecars(out: Path, subs: tuple[str, ...], **keys) -> None:
+    """Replace hash keys of these participants' predictions sidecars (None: remove the key)."""
+    for sub in subs:
+        for path in out.glob(f"{sub}/**/func/*_predictions.json"):
+            content = json.loads(path.read_text())
+            for key, value in keys.items():
+                content.pop(key, None)
+                if value is not None:
+                    content[key] = value
+            path.write_text(json.dumps(content))
+
+
+def test_mixed_models_are_refused_naming_each_model_s_participants(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-02", "sub-04"), ModelSHA256=OTHER_SHA)
+    with pytest.raises(UsageError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    message = str(err.value)
+    assert err.value.exit_code == 64 and "\n" not in message
+    assert f"model {MODEL_SHA[:12]}…: sub-01, sub-03, sub-05" in message
+    assert f"model {OTHER_SHA[:12]}…: sub-02, sub-04" in message
+    assert "--allow-mixed-models" in message and str(fx["out"]) in message
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_mixed_models_allowed_give_metrics_per_model(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=6, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-02", "sub-04", "sub-06"), ModelSHA256=OTHER_SHA)
+    written = run_group_level(make_config(fx["bids"], fx["out"], allow_mixed_models=True))
+    table = _read_group_table(fx["out"])
+    model = table.set_index("participant_id")["model"]
+    assert model["sub-01"] == MODEL_SHA and model["sub-02"] == OTHER_SHA
+    metrics = json.loads(written["metrics"].read_text())
+    assert set(metrics["models"]) == {MODEL_SHA, OTHER_SHA}
+    other = metrics["models"][OTHER_SHA]
+    assert other["participants"] == ["sub-02", "sub-04", "sub-06"]
+    rows = table[table["model"] == OTHER_SHA]
+    assert other["targets"]["age"]["n"] == 3
+    assert other["targets"]["age"]["mae"] == pytest.approx(
+        np.mean(np.abs(rows["age_pred"] - rows["age"])))
+    assert "2 models" in metrics["description"]
+    html = written["report"].read_text()
+    assert "2 different models" in html and OTHER_SHA[:12] in html
+
+
+def test_model_column_falls_back_to_the_weights_hash(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-01", "sub-02", "sub-03", "sub-04"), ModelSHA256=None,
+                  WeightsSHA256=OTHER_SHA)
+    result = compute_group(fx["out"], fx["bids"])
+    assert set(result.table["model"]) == {OTHER_SHA}
+    assert result.methods["model_sha256"] == [OTHER_SHA] and "models" not in result.metrics

@@ -89,8 +89,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
     """Run the group level for a :class:`~brainfm.bidsapp.config.Config`.
 
     Reads ``config.output_dir`` (and ``config.bids_dir/participants.tsv``), and the optional
-    fields ``bias_correction`` (``'none'``, ``'linear'``, ``'residual'``; default ``'none'``)
-    and ``reference_ages`` (path or ``None``).
+    fields ``bias_correction`` (``'none'``, ``'linear'``, ``'residual'``; default ``'none'``),
+    ``reference_ages`` (path or ``None``) and ``allow_mixed_models`` (default ``False``).
 
     Parameters
     ----------
@@ -108,7 +108,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
         No participant-level predictions, malformed ``participants.tsv``, missing
         ``--reference-ages`` (exit 66).
     UsageError
-        Inconsistent options (exit 64).
+        Inconsistent options, predictions of several models without
+        ``--allow-mixed-models`` (exit 64).
     """
     output_dir = Path(config.output_dir)
     bids_dir = Path(config.bids_dir) if getattr(config, "bids_dir", None) else None
@@ -121,7 +122,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
         LOGGER.warning("%d participant(s) with incomplete outputs are left out: %s (their "
                        "participant level was interrupted or failed; rerun it for them)",
                        len(incomplete), ", ".join(incomplete))
-    result = compute_group(output_dir, bids_dir, method, reference)
+    result = compute_group(output_dir, bids_dir, method, reference,
+                           allow_mixed_models=getattr(config, "allow_mixed_models", False))
     written = write_group_outputs(result, output_dir, bids_dir)
     LOGGER.info("group level: %d session(s) of %d participant(s); wrote %s",
                 result.metrics["n_sessions"], result.metrics["n_participants"],

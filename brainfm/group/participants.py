@@ -278,6 +278,6 @@ def merge_group_table(predictions: pd.DataFrame, targets: list[str],
                     *present_intervals(table, f"{target}_pred")]
         if target in known:
             columns.append(target)
-    columns += [c for c in ("out_of_distribution",) if c in table]
+    columns += [c for c in ("out_of_distribution", "model") if c in table]
     columns += ["n_runs", "n_runs_excluded", "retained_seconds", "mean_fd", *extras]
     return table.reindex(columns=columns)

@@ -17,7 +17,8 @@ from brainfm.errors import InputError, UsageError
 from brainfm.group.brainage import BIAS_METHODS
 from brainfm.group.experts import ExpertWeights, read_expert_weights
 from brainfm.group.metrics import pearson_r, regression_metrics
-from brainfm.group.read_outputs import collect_methods_info
+from brainfm.group.models import check_models, participants_by_model
+from brainfm.group.read_outputs import NA, collect_methods_info
 from brainfm.group.table import (
     BIAS_WARNING,
     DEFAULT_FOLDS,
@@ -69,7 +70,8 @@ class GroupResult:
 
 
 def compute_group_metrics(table: pd.DataFrame, targets: list[str],
-                          correction: dict[str, Any] | None = None) -> dict[str, Any]:
+                          correction: dict[str, Any] | None = None,
+                          per_model: bool = True) -> dict[str, Any]:
     """The content of ``group_metrics.json``.
 
     Parameters
@@ -80,6 +82,9 @@ def compute_group_metrics(table: pd.DataFrame, targets: list[str],
         Predicted targets.
     correction : dict or None
         The correction info (adds the ``bias_corrected`` entry).
+    per_model : bool
+        When the rows come from several models (``model`` column): add ``models`` (model
+        hash to the same metrics over its rows); the top-level metrics are then pooled.
 
     Returns
     -------
@@ -123,12 +128,25 @@ def compute_group_metrics(table: pd.DataFrame, targets: list[str],
             "gap_r_with_age": pearson_r(table["age"], table["age_gap_corrected"]),
             "warning": BIAS_WARNING,
         }
+    groups = participants_by_model(table)
+    if per_model and len(groups) > 1:
+        models = table["model"].fillna(NA).astype(str)
+        out["description"] += (f" The rows come from {len(groups)} models "
+                               "(--allow-mixed-models): 'models' holds the metrics of each "
+                               "model's rows; the top-level metrics pool them.")
+        out["models"] = {
+            m: {**compute_group_metrics(table[models == m], targets, None, per_model=False),
+                "participants": ids}
+            for m, ids in groups.items()}
+        for values in out["models"].values():
+            values.pop("description")
     return out
 
 
 def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
                   bias_correction: str = "none", reference_ages: str | Path | None = None,
-                  n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED) -> GroupResult:
+                  n_folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED,
+                  allow_mixed_models: bool = False) -> GroupResult:
     """Everything of the group level, in memory (nothing written).
 
     Parameters
@@ -143,6 +161,8 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
         Reference sample for the correction (see :func:`correct_brain_age`).
     n_folds, seed : int
         Cross-validated correction settings.
+    allow_mixed_models : bool
+        Accept predictions of several models (metrics per model); else refuse them.
 
     Returns
     -------
@@ -154,7 +174,7 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
     InputError
         No predictions (the participant level has not run), malformed inputs.
     UsageError
-        Inconsistent options.
+        Inconsistent options; predictions of several models without ``allow_mixed_models``.
     """
     output_dir = Path(output_dir)
     if bias_correction not in BIAS_METHODS:
@@ -166,6 +186,7 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
         raise InputError(f"output_dir {output_dir} does not exist; run the participant level "
                          "first")
     table, targets, sidecars, run_qc, truth_columns = build_group_table(output_dir, bids_dir)
+    check_models(table, output_dir, allow_mixed_models)
     table = add_brain_age_gap(table)
     table, correction = correct_brain_age(table, bias_correction, reference_ages, n_folds, seed)
     metrics = compute_group_metrics(table, targets, correction)

@@ -304,6 +304,8 @@ def column_descriptions(table: pd.DataFrame, targets: list[str],
                     f"{side.capitalize()} bound of the calibrated central {level} % interval of "
                     f"{target}_pred (conformal, from held-out-site residuals of the training "
                     "cohort).")
+    desc["model"] = ("The model that made the prediction: ModelSHA256 of the predictions "
+                     "sidecar (WeightsSHA256 for sidecars without it; n/a without a sidecar).")
     desc["out_of_distribution"] = ("True when the session lies outside what the model's "
                                    "training cohort covers (see the predictions sidecar).")
     return {c: {"Description": desc[c]} for c in table.columns if c in desc}

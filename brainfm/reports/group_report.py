@@ -74,6 +74,22 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return html_table(pd.DataFrame(rows), text_columns=["target"])
 
 
+def _per_model_html(metrics: dict[str, Any]) -> str:
+    """Metrics of each model's rows (predictions of several models, ``--allow-mixed-models``)."""
+    from brainfm.group.models import short_hash
+
+    models = metrics.get("models") or {}
+    if not models:
+        return ""
+    rows = [{"model": short_hash(model), "participants": len(values["participants"]),
+             "target": target, **{label: acc.get(key) for key, label in _METRIC_COLUMNS}}
+            for model, values in models.items() for target, acc in values["targets"].items()]
+    body = (f'<p class="warning">The predictions come from {len(models)} different models '
+            "(<code>--allow-mixed-models</code>): the metrics above pool them; per model:</p>")
+    return body + (html_table(pd.DataFrame(rows), text_columns=["model", "target"]) if rows
+                   else '<p class="note">No model has rows with known values.</p>')
+
+
 def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | None) -> Section:
     qc = result.run_qc
     n_inc = int((qc.get("status", pd.Series(dtype=str)) == "included").sum())
@@ -113,7 +129,7 @@ def _accuracy_section(result: GroupResult) -> Section:
     from brainfm.reports import figures
 
     table = result.table
-    body = [_metrics_table(result.metrics),
+    body = [_metrics_table(result.metrics), _per_model_html(result.metrics),
             '<p class="note">MAE and RMSE in the target\'s units; R² is 1 − SS<sub>res</sub>/'
             "SS<sub>tot</sub> of the predictions (not r²). Sessions count separately.</p>"]
     cards = result.methods.get("model_cards") or [{}]

@@ -459,6 +459,16 @@ def _ages(fx: dict, ages: dict[str, float]) -> str:
     return str(path)
 
 
+def _drop_predictions(fx: dict, sub: str) -> str:
+    """Remove this participant's predictions (its time series stay); return its ID."""
+    func = fx["out"] / sub / "func"
+    for path in func.glob("*_predictions.*"):
+        path.unlink()
+    (func / f"{sub}_task-rest_space-MNI152NLin6Asym_atlas-CC200_stat-mean_timeseries.tsv"
+     ).write_text("a\tb\n1\t2\n")
+    return sub
+
+
 def _second_model(fx: dict, sub: str) -> str:
     """Give this participant's predictions another model hash; return its short form."""
     path = next(fx["out"].glob(f"{sub}/func/*_predictions.json"))
@@ -482,6 +492,9 @@ GROUP_CASES: list[tuple[str, Callable[[dict, Path], tuple[list[str], list[str]]]
     ("mixed-models-allowed",
      lambda fx, tmp: (["--allow-mixed-models"], [str(fx["out"]), _second_model(fx, "sub-02"),
                                                  "sub-02", "per model"]), 0),
+    ("participant-without-predictions",
+     lambda fx, tmp: ([], ["left out", _drop_predictions(fx, "sub-03"),
+                           "time series but no predictions"]), 0),
     ("ages-in-months",
      lambda fx, tmp: ([], [_ages(fx, {s: 12 * a for s, a in fx["ages"].items()}), "months",
                            "divide the column by 12"]), 66),

@@ -232,7 +232,7 @@ def test_group_writes_all_outputs(group_run):
     last = table[table["participant_id"] == "sub-06"].iloc[0]
     assert last["n_runs_excluded"] == 1
     sidecar = json.loads((out / "group_predictions.json").read_text())
-    assert set(sidecar) == set(table.columns)
+    assert set(sidecar) == {*table.columns, "left_out"} and sidecar["left_out"] == []
 
 
 def test_sessions_without_predictions_are_noted(tmp_path):
@@ -409,7 +409,8 @@ def test_incomplete_participants_are_named_and_left_out(tmp_path, caplog):
     participant_report_path(fx["out"], "sub-02").unlink()  # its participant level was cut off
     with caplog.at_level("WARNING", logger="brainfm"):
         run_group_level(make_config(fx["bids"], fx["out"]))
-    assert "left out: sub-02" in caplog.text and "rerun" in caplog.text
+    assert "left out of the group metrics: sub-02 (incomplete" in caplog.text
+    assert "rerun" in caplog.text
     table = pd.read_csv(fx["out"] / PREDICTIONS_FILE, sep="\t")
     assert table["participant_id"].tolist() == ["sub-01", "sub-03", "sub-04"]
 
@@ -578,3 +579,35 @@ def test_model_column_falls_back_to_the_weights_hash(tmp_path):
     result = compute_group(fx["out"], fx["bids"])
     assert set(result.table["model"]) == {OTHER_SHA}
     assert result.methods["model_sha256"] == [OTHER_SHA] and "models" not in result.metrics
+
+
+def test_dropped_participants_are_named_with_the_reason(tmp_path, caplog):
+    """sub-03 has time series but no predictions (model stage skipped), sub-05 is incomplete,
+    sub-02's only session has an n/a prediction: 2 of 5 participants with predictions."""
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False,
+                             with_timeseries=True, n_volumes=40)
+    out = fx["out"]
+    for path in (out / "sub-03" / "func").glob("*_predictions.*"):
+        path.unlink()
+    participant_report_path(out, "sub-05").unlink()
+    path = out / "sub-02" / "func" / "sub-02_desc-brainfm_predictions.tsv"
+    write_tsv_atomic(path, pd.DataFrame([{
+        "participant_id": "sub-02", "session_id": "n/a", "age": None, "age_std": None,
+        "fluid_intelligence": None, "fluid_intelligence_std": None, "n_runs": 0,
+        "retained_seconds": 0.0}]))
+    with caplog.at_level("WARNING", logger="brainfm"):
+        written = run_group_level(make_config(fx["bids"], out))
+    lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(lines) == 1
+    assert "sub-02 (no prediction: every run was excluded" in lines[0]
+    assert "sub-03 (time series but no predictions table" in lines[0]
+    assert "sub-05 (incomplete" in lines[0] and "sub-01" not in lines[0]
+    sidecar = json.loads(written["predictions_json"].read_text())
+    assert [(e["participant_id"], e["reason"].split(" ")[0]) for e in sidecar["left_out"]] == [
+        ("sub-02", "no"), ("sub-03", "time"), ("sub-05", "incomplete")]
+    metrics = json.loads(written["metrics"].read_text())
+    assert metrics["n_participant_folders"] == 5
+    assert metrics["n_participants_with_predictions"] == 2  # sub-01, sub-04
+    assert metrics["targets"]["age"]["n"] == 2
+    html = written["report"].read_text()
+    assert "2 of 5" in html and "Left out (3)" in html

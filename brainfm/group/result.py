@@ -16,6 +16,7 @@ import pandas as pd
 from brainfm.errors import InputError, UsageError
 from brainfm.group.brainage import BIAS_METHODS
 from brainfm.group.experts import ExpertWeights, read_expert_weights
+from brainfm.group.left_out import describe, left_out, participant_folders, warn_left_out
 from brainfm.group.metrics import pearson_r, regression_metrics
 from brainfm.group.models import check_models, participants_by_model
 from brainfm.group.read_outputs import NA, collect_methods_info
@@ -55,6 +56,11 @@ class GroupResult:
         Target to the ``participants.tsv`` column of its known values.
     target_notes : dict
         Target to the model card's plain-words caveat (e.g. not predictable out of site).
+    left_out : list of dict
+        Participants and sessions without a prediction, with the reason
+        (:func:`~brainfm.group.left_out.left_out`).
+    n_participant_folders : int
+        The ``sub-<label>`` folders of the output dataset (the M of "N of M participants").
     """
 
     table: pd.DataFrame
@@ -67,6 +73,8 @@ class GroupResult:
     notes: list[str] = field(default_factory=list)
     truth_columns: dict[str, str] = field(default_factory=dict)
     target_notes: dict[str, str] = field(default_factory=dict)
+    left_out: list[dict] = field(default_factory=list)
+    n_participant_folders: int = 0
 
 
 def compute_group_metrics(table: pd.DataFrame, targets: list[str],
@@ -197,18 +205,17 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
             if missing:
                 notes.append(f"{len(missing)} participant(s) without a known {target}: "
                              f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+    dropped = left_out(output_dir, table, targets, run_qc)
+    warn_left_out(dropped)
+    if dropped:
+        notes.append(f"{len(dropped)} participant(s) or session(s) without predictions, left "
+                     f"out of the metrics: {describe(dropped[:20])}"
+                     f"{' ...' if len(dropped) > 20 else ''}")
+    folders = participant_folders(output_dir)
     has_pred = table[[f"{t}_pred" for t in targets]].notna().any(axis=1)
-    predicted = set(zip(table.loc[has_pred, "participant_id"], table.loc[has_pred, "session_id"],
-                        strict=True))
-    processed = set(zip(table["participant_id"], table["session_id"], strict=True))
-    if len(run_qc):
-        processed |= set(zip(run_qc["participant_id"], run_qc["session_id"], strict=True))
-    unpredicted = sorted(f"{p}" + ("" if s == "n/a" else f" {s}")
-                         for p, s in processed - predicted)
-    if unpredicted:
-        notes.append(f"{len(unpredicted)} participant session(s) processed but without "
-                     f"predictions (all runs excluded, or the model stage did not run): "
-                     f"{', '.join(unpredicted[:20])}{' ...' if len(unpredicted) > 20 else ''}")
+    metrics["n_participant_folders"] = len(folders)
+    metrics["n_participants_with_predictions"] = int(
+        table.loc[has_pred, "participant_id"].nunique())
     if metrics["targets_without_known_values"]:
         notes.append("no known values (participants.tsv) for: "
                      + ", ".join(metrics["targets_without_known_values"]))
@@ -217,4 +224,5 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
                        methods=collect_methods_info(output_dir, sidecars), run_qc=run_qc,
                        notes=notes, truth_columns=truth_columns,
                        target_notes={t: n for sc in sidecars
-                                     for t, n in (sc.get("TargetNotes") or {}).items()})
+                                     for t, n in (sc.get("TargetNotes") or {}).items()},
+                       left_out=dropped, n_participant_folders=len(folders))

@@ -90,6 +90,13 @@ def _per_model_html(metrics: dict[str, Any]) -> str:
                    else '<p class="note">No model has rows with known values.</p>')
 
 
+def _n_of_m(result: GroupResult) -> str:
+    """``N of M``: participants with a prediction of the ``sub-<label>`` folders found."""
+    n = result.metrics.get("n_participants_with_predictions", result.metrics["n_participants"])
+    m = max(result.n_participant_folders, result.metrics["n_participants"])
+    return f"{n} of {m}"
+
+
 def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | None) -> Section:
     qc = result.run_qc
     n_inc = int((qc.get("status", pd.Series(dtype=str)) == "included").sum())
@@ -107,8 +114,8 @@ def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | Non
     items = [
         ("Output dataset", f"<code>{esc(output_dir)}</code>"),
         ("Input dataset", f"<code>{esc(bids_dir)}</code>" if bids_dir else "n/a"),
-        ("Participants / sessions", f"{result.metrics['n_participants']} / "
-                                    f"{result.metrics['n_sessions']}"),
+        ("Participants with predictions", _n_of_m(result)),
+        ("Sessions in the table", str(result.metrics["n_sessions"])),
         ("Runs included / excluded", f"{n_inc} / {n_exc}" if len(qc) else "no QC tables found"),
         ("Targets", esc(", ".join(t.replace("_", " ") for t in result.targets))),
         ("Atlases", esc(atlases)),
@@ -119,6 +126,10 @@ def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | Non
         + "</dl>"
     for note in result.notes:
         body += f'<p class="warning">{esc(note)}</p>'
+    if result.left_out:
+        body += (f"<h3>Left out ({len(result.left_out)})</h3>"
+                 + html_table(pd.DataFrame(result.left_out), scroll=True,
+                              text_columns=["participant_id", "session_id", "reason"]))
     if correction is not None:
         body += ('<p class="warning"><strong>Bias correction.</strong> '
                  f'{esc(correction["warning"])}</p>')
@@ -417,5 +428,5 @@ def render_group_report(result: GroupResult, output_dir: str | Path,
         Section("methods", "Methods", methods_paragraph(result)),
     ]
     return render_page("brainfm group report",
-                       f"{result.metrics['n_participants']} participants, "
+                       f"{_n_of_m(result)} participants with predictions, "
                        f"{result.metrics['n_sessions']} sessions — {output_dir}", sections)

@@ -611,3 +611,74 @@ def test_dropped_participants_are_named_with_the_reason(tmp_path, caplog):
     assert metrics["targets"]["age"]["n"] == 2
     html = written["report"].read_text()
     assert "2 of 5" in html and "Left out (3)" in html
+
+
+def _plant_card(out: Path, **card_keys) -> None:
+    for path in out.glob("sub-*/**/func/*_predictions.json"):
+        content = json.loads(path.read_text())
+        content["ModelCard"].update(card_keys)
+        path.write_text(json.dumps(content))
+
+
+def test_age_accuracy_per_band_and_outside_the_training_range(tmp_path, caplog):
+    fx = write_group_fixture(tmp_path, n_participants=8, sessions_for=(), noise=0.3, seed=5,
+                             experts=False)
+    out = fx["out"]
+    _plant_card(out, TrainingRange={"age": [6, 30]}, ReliableRange={"age": [6, None]},
+                BandEdges=[13, 18, 30])
+    for path in out.glob("sub-*/func/*_predictions.tsv"):  # the participant level's columns
+        table = pd.read_csv(path, sep="\t")
+        table["age_reliable"] = path.name.startswith("sub-02_") is False
+        table["age_expected_mae"] = 2.5
+        table.to_csv(path, sep="\t", index=False)
+    with caplog.at_level("WARNING", logger="brainfm"):
+        written = run_group_level(make_config(fx["bids"], out, bias_correction="linear"))
+    table = _read_group_table(out).set_index("participant_id")
+    text = pd.read_csv(out / PREDICTIONS_FILE, sep="\t", dtype=str, keep_default_na=False
+                       ).set_index("participant_id")  # as written: true/false/n/a
+    ages = pd.Series(fx["ages"])
+    outside = (ages > 30).map({True: "true", False: "false"})
+    assert text["age_outside_training_range"].to_dict() == outside.to_dict()
+    assert text.loc["sub-02", "age_reliable"] == "false"
+    assert text.loc["sub-01", "age_reliable"] == "true"
+    assert (table["age_expected_mae"] == 2.5).all()
+    metrics = json.loads(written["metrics"].read_text())
+    acc = metrics["age_accuracy"]
+    assert acc["band_edges"] == [13, 18, 30]
+    assert [b["band"] for b in acc["bands"]] == ["<13", "13-18", "18-30", ">=30"]
+    err = table["age_pred"] - table["age"]
+    for band, sel in zip(acc["bands"], [ages < 13, (ages >= 13) & (ages < 18),
+                                        (ages >= 18) & (ages < 30), ages >= 30], strict=True):
+        assert band["n"] == sel.sum()
+        if sel.any():
+            assert band["mae"] == pytest.approx(err[sel.index[sel]].abs().mean())
+            assert band["mean_error"] == pytest.approx(err[sel.index[sel]].mean())
+        assert (band["pearson_r"] is None) == (sel.sum() < 3)
+    over = acc["training_range_accuracy"]["outside"]
+    assert over["n"] == (ages > 30).sum() == 5
+    assert over["mae"] == pytest.approx(err[ages > 30].abs().mean())
+    assert over["participants"] == sorted(ages.index[ages > 30])
+    assert acc["training_range"] == {MODEL_SHA: [6, 30]}
+    assert acc["reliable_range"] == {MODEL_SHA: [6, None]}
+    lines = [r.getMessage() for r in caplog.records if "training age range" in r.getMessage()]
+    assert len(lines) == 1 and "5 of 8 participants" in lines[0] and "6-30 y" in lines[0]
+    # the gap's slope on age before (the planted SLOPE - 1) and after the correction (about 0)
+    assert metrics["brain_age_gap"]["slope_with_age"] == pytest.approx(SLOPE - 1, abs=0.03)
+    assert abs(metrics["bias_corrected"]["gap_slope_with_age"]) < 0.05
+    html = written["report"].read_text()
+    assert "outside the training range" in html and "6–30 y" in html
+    assert f"slope on age {metrics['brain_age_gap']['slope_with_age']:.3f}; after the linear " \
+           "correction" in html
+    sidecar = json.loads(written["predictions_json"].read_text())
+    assert "age_outside_training_range" in sidecar and "age_reliable" in sidecar
+
+
+def test_older_sidecars_without_ranges_use_the_default_bands(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    result = compute_group(fx["out"], fx["bids"])
+    assert result.table["age_outside_training_range"].isna().all()
+    acc = result.metrics["age_accuracy"]
+    assert acc["band_edges"] == [13.0, 18.0, 30.0]
+    assert acc["training_range_accuracy"] == {} and acc["training_range"] == {MODEL_SHA: None}
+    assert sum(b["n"] for b in acc["bands"]) == 5
+    assert not any("training age range" in note for note in result.notes)

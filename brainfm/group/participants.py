@@ -10,7 +10,7 @@ import pandas as pd
 
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_tsv
-from brainfm.group.read_outputs import NA, present_intervals
+from brainfm.group.read_outputs import NA, present_intervals, reliability_columns
 
 LOGGER = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ def merge_group_table(predictions: pd.DataFrame, targets: list[str],
     columns = list(ID_COLUMNS)
     for target in targets:
         columns += [f"{target}_pred", f"{target}_pred_std",
-                    *present_intervals(table, f"{target}_pred")]
+                    *present_intervals(table, f"{target}_pred"),
+                    *[c for c in reliability_columns(target) if c in table]]
         if target in known:
             columns.append(target)
     columns += [c for c in ("out_of_distribution", "model") if c in table]

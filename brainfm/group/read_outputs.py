@@ -100,6 +100,28 @@ def present_intervals(table: pd.DataFrame, prefix: str) -> list[str]:
             if (c := f"{prefix}_{side}{level}") in table]
 
 
+def reliability_columns(target: str) -> list[str]:
+    """The participant level's per-row reliability columns of a target (when its card has
+    a reliable range): ``<target>_reliable`` and ``<target>_expected_mae``."""
+    return [f"{target}_reliable", f"{target}_expected_mae"]
+
+
+def as_flag(values: Any) -> pd.Series:
+    """Booleans written ``true``/``false`` (``None``, written n/a, where unknown)."""
+    def one(v: Any) -> str | None:
+        if isinstance(v, bool | np.bool_):
+            return "true" if v else "false"
+        text = str(v).strip().lower()
+        if text in ("true", "1", "1.0"):
+            return "true"
+        if text in ("false", "0", "0.0"):
+            return "false"
+        return None
+    series = pd.Series(values)
+    return pd.Series([one(v) for v in series], index=series.index, dtype=object)
+
+
+
 def _ids_from_name(path: Path) -> tuple[str, str]:
     entities = parse_entities(path.name)
     sub, ses = (f"{key}-{entities[key]}" if key in entities else NA for key in ("sub", "ses"))
@@ -121,7 +143,8 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
     -------
     table : pandas.DataFrame
         One row per participant and session: ``participant_id``, ``session_id``,
-        ``<t>_pred``, ``<t>_pred_std`` per target, ``model`` (:func:`model_hash`),
+        ``<t>_pred``, ``<t>_pred_std`` per target (and ``<t>_reliable``,
+        ``<t>_expected_mae`` where the tables have them), ``model`` (:func:`model_hash`),
         ``n_runs``, ``retained_seconds``.
     targets : list of str
         Target names in order of first appearance (e.g. ``['age', 'fluid_intelligence']``).
@@ -193,6 +216,13 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
     for target in targets:
         columns += [f"{target}_pred", f"{target}_pred_std"]
         columns += [c for c in present_intervals(table, f"{target}_pred")]
+        columns += [c for c in reliability_columns(target) if c in table]
+    for target in targets:
+        if f"{target}_reliable" in table:
+            table[f"{target}_reliable"] = as_flag(table[f"{target}_reliable"])
+        if f"{target}_expected_mae" in table:
+            table[f"{target}_expected_mae"] = pd.to_numeric(table[f"{target}_expected_mae"],
+                                                            errors="coerce")
     columns += [c for c in ("out_of_distribution",) if c in table]
     columns += ["model", *QC_COLUMNS]
     table = table.reindex(columns=columns)

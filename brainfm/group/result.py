@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from brainfm.errors import InputError, UsageError
-from brainfm.group.brainage import BIAS_METHODS
+from brainfm.group.age_accuracy import age_accuracy, warn_outside
+from brainfm.group.age_ranges import add_training_range_column, ranges_by_model
+from brainfm.group.brainage import BIAS_METHODS, gap_age_slope
 from brainfm.group.experts import ExpertWeights, read_expert_weights
 from brainfm.group.left_out import describe, left_out, participant_folders, warn_left_out
 from brainfm.group.metrics import pearson_r, regression_metrics
@@ -100,7 +102,8 @@ def compute_group_metrics(table: pd.DataFrame, targets: list[str],
         ``n_sessions``, ``n_participants``, ``targets`` (per target with known values:
         :func:`~brainfm.group.metrics.regression_metrics` plus ``n_predicted``),
         ``targets_without_known_values``, ``brain_age_gap`` (``n``, ``mean``, ``std``,
-        ``r_with_age``), ``bias_corrected`` (with a correction) and ``description``.
+        ``r_with_age``, ``slope_with_age``), ``bias_corrected`` (with a correction, also
+        ``gap_slope_with_age``) and ``description``.
     """
     out: dict[str, Any] = {
         "description": "Accuracy of brainfm's predictions against the known values of "
@@ -128,12 +131,14 @@ def compute_group_metrics(table: pd.DataFrame, targets: list[str],
             "mean": float(gap[ok].mean()) if ok.any() else None,
             "std": float(gap[ok].std(ddof=1)) if ok.sum() > 1 else None,
             "r_with_age": pearson_r(table["age"], gap),
+            "slope_with_age": gap_age_slope(table["age"], gap),
         }
     if correction is not None and "age_pred_corrected" in table:
         metrics = regression_metrics(table["age"], table["age_pred_corrected"])
         out["bias_corrected"] = {
             "method": correction["method"], "fit": correction["fit"], **metrics,
             "gap_r_with_age": pearson_r(table["age"], table["age_gap_corrected"]),
+            "gap_slope_with_age": gap_age_slope(table["age"], table["age_gap_corrected"]),
             "warning": BIAS_WARNING,
         }
     groups = participants_by_model(table)
@@ -195,10 +200,14 @@ def compute_group(output_dir: str | Path, bids_dir: str | Path | None,
                          "first")
     table, targets, sidecars, run_qc, truth_columns = build_group_table(output_dir, bids_dir)
     check_models(table, output_dir, allow_mixed_models)
-    table = add_brain_age_gap(table)
+    ranges = ranges_by_model(sidecars)
+    table = add_brain_age_gap(add_training_range_column(table, ranges))
     table, correction = correct_brain_age(table, bias_correction, reference_ages, n_folds, seed)
     metrics = compute_group_metrics(table, targets, correction)
-    notes = []
+    accuracy = age_accuracy(table, ranges)
+    if accuracy is not None:
+        metrics["age_accuracy"] = accuracy
+    notes = [text for text in [warn_outside(table, ranges)] if text]
     for target in targets:
         if target in table:
             missing = table.loc[table[target].isna(), "participant_id"].unique().tolist()

@@ -304,6 +304,15 @@ def column_descriptions(table: pd.DataFrame, targets: list[str],
                     f"{side.capitalize()} bound of the calibrated central {level} % interval of "
                     f"{target}_pred (conformal, from held-out-site residuals of the training "
                     "cohort).")
+    desc["age_outside_training_range"] = (
+        "true when the known age lies outside the age range of the model's training cohort "
+        "(the predictions sidecar's ModelCard.TrainingRange), false inside, n/a when the age "
+        "or the range is unknown.")
+    desc["age_reliable"] = ("From the participant level: false where the model card's "
+                            "out-of-fold evidence says the model cannot tell ages apart there "
+                            "(ModelCard.ReliableRange) or the data are shorter than one window.")
+    desc["age_expected_mae"] = ("From the participant level: the held-out MAE of the age band "
+                                "the prediction falls in (years).")
     desc["model"] = ("The model that made the prediction: ModelSHA256 of the predictions "
                      "sidecar (WeightsSHA256 for sidecars without it; n/a without a sidecar).")
     desc["out_of_distribution"] = ("True when the session lies outside what the model's "

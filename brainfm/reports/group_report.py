@@ -97,6 +97,30 @@ def _n_of_m(result: GroupResult) -> str:
     return f"{n} of {m}"
 
 
+def _age_accuracy_html(metrics: dict[str, Any]) -> str:
+    """Per-band accuracy and accuracy inside/outside the training range (``age_accuracy``)."""
+    acc = metrics.get("age_accuracy")
+    if not acc:
+        return ""
+    columns = (("n", "n"), ("mae", "MAE"), ("mean_error", "mean error (bias)"),
+               ("pearson_r", "Pearson r"))
+    rows = [{"known age": f"{b['band']} y", **{label: b.get(k) for k, label in columns}}
+            for b in acc["bands"]]
+    ranges = acc.get("training_range_accuracy") or {}
+    for key, text in (("inside", "inside the training range"),
+                      ("outside", "outside the training range")):
+        if key in ranges:
+            rows.append({"known age": text, **{label: ranges[key].get(k)
+                                               for k, label in columns}})
+    edges = ", ".join(f"{e:g}" for e in acc["band_edges"])
+    known = [r for r in acc.get("training_range", {}).values() if r]
+    span = "; ".join(f"{'' if lo is None else f'{lo:g}'}–{'' if hi is None else f'{hi:g}'} y"
+                     for lo, hi in known) or "not recorded in the predictions sidecars"
+    return (f'<p class="note">Age accuracy per band of known age (band edges {esc(edges)} y) '
+            f"and against the model's training age range ({esc(span)}); r needs n ≥ 3.</p>"
+            + html_table(pd.DataFrame(rows), text_columns=["known age"]))
+
+
 def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | None) -> Section:
     qc = result.run_qc
     n_inc = int((qc.get("status", pd.Series(dtype=str)) == "included").sum())
@@ -158,6 +182,8 @@ def _accuracy_section(result: GroupResult) -> Section:
                 f"{format_value(acc.get('training_mean_mae'))}).</p>")
         if target in result.target_notes:
             body.append(f'<p class="warning">{esc(result.target_notes[target])}</p>')
+        if target == "age":
+            body.append(_age_accuracy_html(result.metrics))
         column = result.truth_columns.get(target, target)
         if column != target:
             body.append(f'<p class="note">Known {esc(target.replace("_", " "))}: column '
@@ -181,6 +207,15 @@ def _accuracy_section(result: GroupResult) -> Section:
     return Section("accuracy", "Predictions and accuracy", "\n".join(body))
 
 
+def _corrected_slope(metrics: dict[str, Any]) -> str:
+    corrected = metrics.get("bias_corrected")
+    if not corrected:
+        return " (no bias correction)"
+    return (f"; after the {esc(corrected['method'])} correction "
+            f"{format_value(corrected.get('gap_slope_with_age'), 3)} (r = "
+            f"{format_value(corrected.get('gap_r_with_age'))})")
+
+
 def _gap_section(result: GroupResult) -> Section:
     from brainfm.reports import figures
 
@@ -193,8 +228,9 @@ def _gap_section(result: GroupResult) -> Section:
     body = [f"<p>Brain-age gap (predicted − chronological age): mean "
             f"{format_value(gap.get('mean'))} years, SD {format_value(gap.get('std'))}, "
             f"correlation with age r = {format_value(gap.get('r_with_age'))} "
-            f"(n = {gap.get('n', 0)}). A negative correlation with age is the usual regression "
-            "to the mean of brain-age models.</p>"]
+            f"(n = {gap.get('n', 0)}), slope on age {format_value(gap.get('slope_with_age'), 3)}"
+            f"{_corrected_slope(result.metrics)}. A negative correlation with age is the "
+            "usual regression to the mean of brain-age models.</p>"]
     corrected = table["age_gap_corrected"] if "age_gap_corrected" in table else None
     body.append(_safe_figure("brain-age gap vs age", figures.plot_gap_vs_age, table["age"],
                              table["age_gap"], corrected))

@@ -682,3 +682,38 @@ def test_older_sidecars_without_ranges_use_the_default_bands(tmp_path):
     assert acc["training_range_accuracy"] == {} and acc["training_range"] == {MODEL_SHA: None}
     assert sum(b["n"] for b in acc["bands"]) == 5
     assert not any("training age range" in note for note in result.notes)
+
+
+def _methods(result) -> str:
+    from brainfm.reports.group_report import methods_paragraph
+
+    return methods_paragraph(result)
+
+
+def test_methods_name_only_the_members_that_contribute(tmp_path):
+    from brainfm.interfaces.predict import network_weights
+
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    # older sidecars, a model that is not the packaged one: no claim about the members
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "BrainFM networks" not in text and "not recorded" in text
+    # the card's weights: age stacked, fluid intelligence from the linear members alone
+    _plant_card(fx["out"], NetworkWeights={"age": 0.05, "fluid_intelligence": 0.0})
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "fluid intelligence by ridge regression on the session&#x27;s whole-run " \
+           "Fisher-z connectivity alone (network weight 0" in text
+    assert "age by ridge regression" in text and "(weight 0.95) stacked with BrainFM " \
+           "networks" in text and "(weight 0.05)" in text
+    assert text.count("BrainFM networks") == 1  # for age only
+    # older sidecars of the packaged model: its card gives the weights
+    card = json.loads((Path(__file__).parents[1] / "brainfm" / "data" / "models" / "default"
+                       / "model_card.json").read_text())
+    for path in fx["out"].glob("sub-*/func/*_predictions.json"):
+        content = json.loads(path.read_text())
+        content["ModelCard"].pop("NetworkWeights")
+        content["ModelSHA256"] = card["weights_sha256"]
+        path.write_text(json.dumps(content))
+    weights = network_weights(card)
+    assert weights["fluid_intelligence"] == 0.0
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "network weight 0" in text and "not recorded" not in text

@@ -1,9 +1,13 @@
-"""Which model made each prediction: one model per cohort, unless mixing is allowed."""
+"""Which model made each prediction (one model per cohort, unless mixing is allowed), and
+how its members combine."""
 
 from __future__ import annotations
 
+import json
 import logging
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -81,3 +85,42 @@ def check_models(table: pd.DataFrame, output_dir: str | Path, allow_mixed: bool)
             f"({parts}); rerun the participant level of some participants with the same "
             f"--model, or pass {ALLOW_OPTION} to compute the metrics per model")
     return list(groups)
+
+
+def _packaged_card() -> dict[str, Any]:
+    path = Path(str(resources.files("brainfm.data") / "models" / "default" / "model_card.json"))
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def network_weights(methods: dict[str, Any]) -> dict[str, float] | None:
+    """Per target, the weight of the network members in the ensemble that made the predictions.
+
+    Read from the sidecars' ``ModelCard.NetworkWeights``; older sidecars lack it, and then the
+    packaged model's card gives it when the model hash is the packaged model's.
+
+    Parameters
+    ----------
+    methods : dict
+        From :func:`~brainfm.group.read_outputs.collect_methods_info` (``model_cards``,
+        ``model_sha256``).
+
+    Returns
+    -------
+    dict or None
+        Target to weight (0: the target comes from the linear members alone); ``None`` when
+        unknown (several models, or neither source).
+    """
+    cards = [c for c in methods.get("model_cards") or [] if isinstance(c, dict)]
+    recorded = [c["NetworkWeights"] for c in cards if isinstance(c.get("NetworkWeights"), dict)]
+    if len(recorded) == 1 and len(methods.get("model_sha256") or []) <= 1:
+        return {k: float(v) for k, v in recorded[0].items()}
+    hashes = methods.get("model_sha256") or []
+    card = _packaged_card()
+    if len(hashes) == 1 and hashes[0] == card.get("weights_sha256"):
+        targets = (card.get("ensemble") or {}).get("targets") or []
+        return {t["name"]: float(t["network_weight"]) for t in targets
+                if "network_weight" in t} or None
+    return None

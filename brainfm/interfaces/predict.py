@@ -37,7 +37,17 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "SamplingRateHz": card.get("sampling_rate_hz"),
         "BrainfmVersion": card.get("brainfm_version"),
         "OutOfSiteAccuracy": (card.get("metrics") or {}).get("leave_site_out_summary"),
+        "NetworkWeights": network_weights(card),
     }
+
+
+def network_weights(card: dict[str, Any]) -> dict[str, float] | None:
+    """Per target, the weight of the network members in an ensemble card (``None`` for a
+    single network, whose only member is the network)."""
+    targets = (card.get("ensemble") or {}).get("targets")
+    if not targets:
+        return None
+    return {t["name"]: float(t["network_weight"]) for t in targets if "network_weight" in t}
 
 
 def target_notes(card: dict[str, Any]) -> dict[str, str]:

@@ -370,6 +370,52 @@ def _card_summary(card: Any) -> str:
     return f'<dl class="summary">{"".join(rows)}</dl>'
 
 
+#: The network members, as the methods text names them.
+NETWORK = ("BrainFM networks (local masked autoencoder encoder, random-walk mixture of "
+           "experts, selective state-space predictor) on sliding windows of each session's ROI "
+           "time series, averaged over windows and runs")
+LINEAR = "ridge regression on the session's whole-run Fisher-z connectivity"
+
+
+def model_sentence(weights: dict[str, float] | None, targets: list[str]) -> str:
+    """How the predictions were made, naming only the members that contribute (HTML-escaped).
+
+    Parameters
+    ----------
+    weights : dict or None
+        Target to the network members' weight in the ensemble
+        (:func:`~brainfm.group.models.network_weights`); ``None``: a single network, or not
+        recorded.
+    targets : list of str
+        Predicted targets.
+
+    Returns
+    -------
+    str
+        One or more sentences.
+    """
+    if weights is None:
+        return esc("Predictions were made by the brainfm model named by the model card below "
+                   "(how its members combine is not recorded in the predictions sidecars).")
+    parts = []
+    for target in targets:
+        name = target.replace("_", " ")
+        w = weights.get(target)
+        if w is None:
+            continue
+        if w <= 0:
+            parts.append(f"{name} by {LINEAR} alone (network weight 0: the networks do not "
+                         "contribute)")
+        elif w >= 1:
+            parts.append(f"{name} by {NETWORK} alone")
+        else:
+            parts.append(f"{name} by {LINEAR} (weight {1 - w:.2g}) stacked with {NETWORK} "
+                         f"(weight {w:.2g})")
+    if not parts:
+        return esc("Predictions were made by the brainfm ensemble named by the model card below.")
+    return esc("Predictions were made by the brainfm ensemble: " + "; ".join(parts) + ".")
+
+
 def methods_paragraph(result: GroupResult) -> str:
     """The methods text (HTML): denoising, atlas, model, bias correction, metrics, versions.
 
@@ -383,6 +429,8 @@ def methods_paragraph(result: GroupResult) -> str:
     str
         HTML paragraphs.
     """
+    from brainfm.group.models import network_weights
+
     m = result.methods
     versions = software_versions()
     bandpass = ", ".join(f"{lo if lo else 'none'}–{hi if hi else 'none'} Hz"
@@ -402,11 +450,8 @@ def methods_paragraph(result: GroupResult) -> str:
         f"displacement above {esc(fd if fd != 'n/a' else 'no threshold')}; runs with too little "
         f"time left were excluded. Repetition times: {esc(_join(m['repetition_times'], ' s'))}."
         "</p>",
-        "<p>Predictions were made by the brainfm model (local masked autoencoder encoder, "
-        "random-walk mixture of experts, selective state-space predictor) on sliding windows "
-        "of each session's ROI time series, averaged over windows and runs; the reported "
-        "standard deviation combines the model's predictive variance and the spread over "
-        f"windows. Model weights SHA-256: {esc(_join(m['model_sha256']))}.</p>",
+        f"<p>{model_sentence(network_weights(m), result.targets)} Model SHA-256: "
+        f"{esc(_join(m['model_sha256']))}.</p>",
     ]
     if result.correction is not None:
         c = result.correction

@@ -3,7 +3,8 @@
 Each case breaks one thing a user can get wrong and asserts what the user sees: the exit code
 (64 usage, 66 input), one ``<prog>: error:`` line that names the offending file or option, no
 Python traceback on the console, the input tree unchanged (checksums and modification times),
-and no participant published by a run that failed before processing.
+and no participant published by a run that failed before processing. Inputs the group level
+can read with a caveat (exit 0) give one warning line that names the file and the participants.
 """
 
 from __future__ import annotations
@@ -666,6 +667,84 @@ def test_group_bad_input(base_dataset: Path, tmp_path: Path,
     _, err = capfd.readouterr()
     assert exc.value.code == 64 and "quadratic" in err and "Traceback" not in err
     assert snapshot(ds) == before
+
+
+def _ages(fx: dict, ages: dict[str, float]) -> str:
+    """Write these ages into the fixture's participants.tsv; return its path."""
+    path = fx["bids"] / "participants.tsv"
+    table = pd.read_csv(path, sep="\t")
+    for sub, age in ages.items():
+        table.loc[table["participant_id"] == sub, "age"] = age
+    table.to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+def _drop_predictions(fx: dict, sub: str) -> str:
+    """Remove this participant's predictions (its time series stay); return its ID."""
+    func = fx["out"] / sub / "func"
+    for path in func.glob("*_predictions.*"):
+        path.unlink()
+    (func / f"{sub}_task-rest_space-MNI152NLin6Asym_atlas-CC200_stat-mean_timeseries.tsv"
+     ).write_text("a\tb\n1\t2\n")
+    return sub
+
+
+def _second_model(fx: dict, sub: str) -> str:
+    """Give this participant's predictions another model hash; return its short form."""
+    path = next(fx["out"].glob(f"{sub}/func/*_predictions.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "ModelSHA256": "ab" * 32}))
+    return "abababababab…"
+
+
+# Each case: (id, setup(fx, tmp) -> (extra options, texts the one error or warning line must
+# contain), exit code). ``fx`` is tests/test_group.py's fixture of participant-level outputs
+# (sub-01 .. sub-05, ages known); exit 0 means a run that goes on with one warning line.
+GROUP_CASES: list[tuple[str, Callable[[dict, Path], tuple[list[str], list[str]]], int]] = [
+    ("age-missing-codes",
+     lambda fx, tmp: ([], [_ages(fx, {"sub-02": -9999, "sub-04": -999}), "'age'", "sub-02",
+                           "sub-04", "read as n/a"]), 0),
+    ("age-negative", lambda fx, tmp: ([], [_ages(fx, {"sub-03": -5}), "sub-03: -5", "n/a"]), 66),
+    ("age-zero", lambda fx, tmp: ([], [_ages(fx, {"sub-03": 0}), "sub-03: 0", "n/a"]), 66),
+    ("age-150", lambda fx, tmp: ([], [_ages(fx, {"sub-03": 150}), "sub-03: 150", "n/a"]), 66),
+    ("mixed-models",
+     lambda fx, tmp: ([], [str(fx["out"]), _second_model(fx, "sub-02"), "sub-02",
+                           "--allow-mixed-models"]), 64),
+    ("mixed-models-allowed",
+     lambda fx, tmp: (["--allow-mixed-models"], [str(fx["out"]), _second_model(fx, "sub-02"),
+                                                 "sub-02", "per model"]), 0),
+    ("participant-without-predictions",
+     lambda fx, tmp: ([], ["left out", _drop_predictions(fx, "sub-03"),
+                           "time series but no predictions"]), 0),
+    ("ages-in-months",
+     lambda fx, tmp: ([], [_ages(fx, {s: 12 * a for s, a in fx["ages"].items()}), "months",
+                           "divide the column by 12"]), 66),
+]
+
+
+@pytest.mark.parametrize(("setup", "expected"), [c[1:] for c in GROUP_CASES],
+                         ids=[c[0] for c in GROUP_CASES])
+def test_group_bad_input_case(tmp_path: Path, setup, expected: int,
+                              capfd: pytest.CaptureFixture[str],
+                              caplog: pytest.LogCaptureFixture) -> None:
+    from test_group import write_group_fixture
+
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    extra, names = setup(fx, tmp_path)
+    before = snapshot(fx["bids"])
+    caplog.set_level(logging.WARNING, logger="brainfm")
+    code = brainfm_main([str(fx["bids"]), str(fx["out"]), "group", *extra])
+    if expected:
+        line = assert_contract(capfd, code, expected, "brainfm", names[0], before, fx["bids"])
+        assert all(n in line for n in names), line
+        assert not (fx["out"] / "group_predictions.tsv").exists()
+        return
+    out, err = capfd.readouterr()
+    assert code == 0 and "Traceback" not in out + err, err
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and names[0] in r.getMessage()]
+    assert len(warned) == 1 and all(n in warned[0] for n in names), warned
+    assert snapshot(fx["bids"]) == before
+    assert (fx["out"] / "group_report.html").is_file()
 
 
 # --------------------------------------------------------------------------------------------

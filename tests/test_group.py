@@ -232,7 +232,7 @@ def test_group_writes_all_outputs(group_run):
     last = table[table["participant_id"] == "sub-06"].iloc[0]
     assert last["n_runs_excluded"] == 1
     sidecar = json.loads((out / "group_predictions.json").read_text())
-    assert set(sidecar) == set(table.columns)
+    assert set(sidecar) == {*table.columns, "left_out"} and sidecar["left_out"] == []
 
 
 def test_sessions_without_predictions_are_noted(tmp_path):
@@ -409,7 +409,8 @@ def test_incomplete_participants_are_named_and_left_out(tmp_path, caplog):
     participant_report_path(fx["out"], "sub-02").unlink()  # its participant level was cut off
     with caplog.at_level("WARNING", logger="brainfm"):
         run_group_level(make_config(fx["bids"], fx["out"]))
-    assert "left out: sub-02" in caplog.text and "rerun" in caplog.text
+    assert "left out of the group metrics: sub-02 (incomplete" in caplog.text
+    assert "rerun" in caplog.text
     table = pd.read_csv(fx["out"] / PREDICTIONS_FILE, sep="\t")
     assert table["participant_id"].tolist() == ["sub-01", "sub-03", "sub-04"]
 
@@ -463,3 +464,256 @@ def test_option_errors(tmp_path):
     (fx["bids"] / "participants.tsv").unlink()
     with pytest.raises(InputError, match="known ages"):
         run_group_level(make_config(fx["bids"], fx["out"], bias_correction="residual"))
+
+
+def _set_ages(path: Path, ages: dict[str, float]) -> None:
+    table = pd.read_csv(path, sep="\t")
+    for sub, age in ages.items():
+        table.loc[table["participant_id"] == sub, "age"] = age
+    table.to_csv(path, sep="\t", index=False)
+
+
+def test_missing_age_codes_are_read_as_na_with_one_warning(tmp_path, caplog):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {"sub-02": -9999, "sub-04": -999})
+    with caplog.at_level("WARNING", logger="brainfm"):
+        result = compute_group(fx["out"], fx["bids"])
+    ages = result.table.set_index("participant_id")["age"]
+    assert np.isnan(ages["sub-02"]) and np.isnan(ages["sub-04"])
+    assert ages["sub-01"] == pytest.approx(fx["ages"]["sub-01"])
+    assert result.metrics["targets"]["age"]["n"] == 3  # the coded ages are not ages
+    coded = [r.getMessage() for r in caplog.records if "missing code" in r.getMessage()]
+    assert len(coded) == 1
+    assert str(path) in coded[0] and "'age'" in coded[0] and "-9999/-999" in coded[0]
+    assert "sub-02" in coded[0] and "sub-04" in coded[0] and "sub-01" not in coded[0]
+
+
+@pytest.mark.parametrize("age", [-5.0, 0.0, 150.0])
+def test_impossible_ages_are_refused_naming_file_and_participants(tmp_path, age):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {"sub-03": age})
+    with pytest.raises(InputError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    message = str(err.value)
+    assert err.value.exit_code == 66
+    assert str(path) in message and f"sub-03: {age:g}" in message and "sub-01" not in message
+    assert "n/a" in message  # the fix: unknown ages are n/a
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_ages_in_months_are_refused(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    path = fx["bids"] / "participants.tsv"
+    _set_ages(path, {sub: 12 * age for sub, age in fx["ages"].items()})
+    with pytest.raises(InputError, match="months") as err:
+        compute_group(fx["out"], fx["bids"])
+    assert str(path) in str(err.value) and "divide the column by 12" in str(err.value)
+    assert "sub-02" in str(err.value)
+
+
+def test_reference_ages_with_a_missing_code(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=8, sessions_for=(), noise=0.2, seed=7,
+                             experts=False)
+    ref = tmp_path / "reference.tsv"
+    ids = ["sub-01", "sub-03", "sub-05", "sub-07"]
+    pd.DataFrame({"participant_id": ids, "age": [fx["ages"][s] for s in ids[:3]] + [-9999]}
+                 ).to_csv(ref, sep="\t", index=False)
+    result = compute_group(fx["out"], fx["bids"], "linear", ref)
+    assert result.correction["reference_participants"] == ids[:3]
+
+
+OTHER_SHA = "ab" * 32
+
+
+def _set_sidecars(out: Path, subs: tuple[str, ...], **keys) -> None:
+    """Replace hash keys of these participants' predictions sidecars (None: remove the key)."""
+    for sub in subs:
+        for path in out.glob(f"{sub}/**/func/*_predictions.json"):
+            content = json.loads(path.read_text())
+            for key, value in keys.items():
+                content.pop(key, None)
+                if value is not None:
+                    content[key] = value
+            path.write_text(json.dumps(content))
+
+
+def test_mixed_models_are_refused_naming_each_model_s_participants(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-02", "sub-04"), ModelSHA256=OTHER_SHA)
+    with pytest.raises(UsageError) as err:
+        run_group_level(make_config(fx["bids"], fx["out"]))
+    message = str(err.value)
+    assert err.value.exit_code == 64 and "\n" not in message
+    assert f"model {MODEL_SHA[:12]}…: sub-01, sub-03, sub-05" in message
+    assert f"model {OTHER_SHA[:12]}…: sub-02, sub-04" in message
+    assert "--allow-mixed-models" in message and str(fx["out"]) in message
+    assert not (fx["out"] / PREDICTIONS_FILE).exists()
+
+
+def test_mixed_models_allowed_give_metrics_per_model(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=6, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-02", "sub-04", "sub-06"), ModelSHA256=OTHER_SHA)
+    written = run_group_level(make_config(fx["bids"], fx["out"], allow_mixed_models=True))
+    table = _read_group_table(fx["out"])
+    model = table.set_index("participant_id")["model"]
+    assert model["sub-01"] == MODEL_SHA and model["sub-02"] == OTHER_SHA
+    metrics = json.loads(written["metrics"].read_text())
+    assert set(metrics["models"]) == {MODEL_SHA, OTHER_SHA}
+    other = metrics["models"][OTHER_SHA]
+    assert other["participants"] == ["sub-02", "sub-04", "sub-06"]
+    rows = table[table["model"] == OTHER_SHA]
+    assert other["targets"]["age"]["n"] == 3
+    assert other["targets"]["age"]["mae"] == pytest.approx(
+        np.mean(np.abs(rows["age_pred"] - rows["age"])))
+    assert "2 models" in metrics["description"]
+    html = written["report"].read_text()
+    assert "2 different models" in html and OTHER_SHA[:12] in html
+
+
+def test_model_column_falls_back_to_the_weights_hash(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    _set_sidecars(fx["out"], ("sub-01", "sub-02", "sub-03", "sub-04"), ModelSHA256=None,
+                  WeightsSHA256=OTHER_SHA)
+    result = compute_group(fx["out"], fx["bids"])
+    assert set(result.table["model"]) == {OTHER_SHA}
+    assert result.methods["model_sha256"] == [OTHER_SHA] and "models" not in result.metrics
+
+
+def test_dropped_participants_are_named_with_the_reason(tmp_path, caplog):
+    """sub-03 has time series but no predictions (model stage skipped), sub-05 is incomplete,
+    sub-02's only session has an n/a prediction: 2 of 5 participants with predictions."""
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False,
+                             with_timeseries=True, n_volumes=40)
+    out = fx["out"]
+    for path in (out / "sub-03" / "func").glob("*_predictions.*"):
+        path.unlink()
+    participant_report_path(out, "sub-05").unlink()
+    path = out / "sub-02" / "func" / "sub-02_desc-brainfm_predictions.tsv"
+    write_tsv_atomic(path, pd.DataFrame([{
+        "participant_id": "sub-02", "session_id": "n/a", "age": None, "age_std": None,
+        "fluid_intelligence": None, "fluid_intelligence_std": None, "n_runs": 0,
+        "retained_seconds": 0.0}]))
+    with caplog.at_level("WARNING", logger="brainfm"):
+        written = run_group_level(make_config(fx["bids"], out))
+    lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(lines) == 1
+    assert "sub-02 (no prediction: every run was excluded" in lines[0]
+    assert "sub-03 (time series but no predictions table" in lines[0]
+    assert "sub-05 (incomplete" in lines[0] and "sub-01" not in lines[0]
+    sidecar = json.loads(written["predictions_json"].read_text())
+    assert [(e["participant_id"], e["reason"].split(" ")[0]) for e in sidecar["left_out"]] == [
+        ("sub-02", "no"), ("sub-03", "time"), ("sub-05", "incomplete")]
+    metrics = json.loads(written["metrics"].read_text())
+    assert metrics["n_participant_folders"] == 5
+    assert metrics["n_participants_with_predictions"] == 2  # sub-01, sub-04
+    assert metrics["targets"]["age"]["n"] == 2
+    html = written["report"].read_text()
+    assert "2 of 5" in html and "Left out (3)" in html
+
+
+def _plant_card(out: Path, **card_keys) -> None:
+    for path in out.glob("sub-*/**/func/*_predictions.json"):
+        content = json.loads(path.read_text())
+        content["ModelCard"].update(card_keys)
+        path.write_text(json.dumps(content))
+
+
+def test_age_accuracy_per_band_and_outside_the_training_range(tmp_path, caplog):
+    fx = write_group_fixture(tmp_path, n_participants=8, sessions_for=(), noise=0.3, seed=5,
+                             experts=False)
+    out = fx["out"]
+    _plant_card(out, TrainingRange={"age": [6, 30]}, ReliableRange={"age": [6, None]},
+                BandEdges=[13, 18, 30])
+    for path in out.glob("sub-*/func/*_predictions.tsv"):  # the participant level's columns
+        table = pd.read_csv(path, sep="\t")
+        table["age_reliable"] = path.name.startswith("sub-02_") is False
+        table["age_expected_mae"] = 2.5
+        table.to_csv(path, sep="\t", index=False)
+    with caplog.at_level("WARNING", logger="brainfm"):
+        written = run_group_level(make_config(fx["bids"], out, bias_correction="linear"))
+    table = _read_group_table(out).set_index("participant_id")
+    text = pd.read_csv(out / PREDICTIONS_FILE, sep="\t", dtype=str, keep_default_na=False
+                       ).set_index("participant_id")  # as written: true/false/n/a
+    ages = pd.Series(fx["ages"])
+    outside = (ages > 30).map({True: "true", False: "false"})
+    assert text["age_outside_training_range"].to_dict() == outside.to_dict()
+    assert text.loc["sub-02", "age_reliable"] == "false"
+    assert text.loc["sub-01", "age_reliable"] == "true"
+    assert (table["age_expected_mae"] == 2.5).all()
+    metrics = json.loads(written["metrics"].read_text())
+    acc = metrics["age_accuracy"]
+    assert acc["band_edges"] == [13, 18, 30]
+    assert [b["band"] for b in acc["bands"]] == ["<13", "13-18", "18-30", ">=30"]
+    err = table["age_pred"] - table["age"]
+    for band, sel in zip(acc["bands"], [ages < 13, (ages >= 13) & (ages < 18),
+                                        (ages >= 18) & (ages < 30), ages >= 30], strict=True):
+        assert band["n"] == sel.sum()
+        if sel.any():
+            assert band["mae"] == pytest.approx(err[sel.index[sel]].abs().mean())
+            assert band["mean_error"] == pytest.approx(err[sel.index[sel]].mean())
+        assert (band["pearson_r"] is None) == (sel.sum() < 3)
+    over = acc["training_range_accuracy"]["outside"]
+    assert over["n"] == (ages > 30).sum() == 5
+    assert over["mae"] == pytest.approx(err[ages > 30].abs().mean())
+    assert over["participants"] == sorted(ages.index[ages > 30])
+    assert acc["training_range"] == {MODEL_SHA: [6, 30]}
+    assert acc["reliable_range"] == {MODEL_SHA: [6, None]}
+    lines = [r.getMessage() for r in caplog.records if "training age range" in r.getMessage()]
+    assert len(lines) == 1 and "5 of 8 participants" in lines[0] and "6-30 y" in lines[0]
+    # the gap's slope on age before (the planted SLOPE - 1) and after the correction (about 0)
+    assert metrics["brain_age_gap"]["slope_with_age"] == pytest.approx(SLOPE - 1, abs=0.03)
+    assert abs(metrics["bias_corrected"]["gap_slope_with_age"]) < 0.05
+    html = written["report"].read_text()
+    assert "outside the training range" in html and "6–30 y" in html
+    assert f"slope on age {metrics['brain_age_gap']['slope_with_age']:.3f}; after the linear " \
+           "correction" in html
+    sidecar = json.loads(written["predictions_json"].read_text())
+    assert "age_outside_training_range" in sidecar and "age_reliable" in sidecar
+
+
+def test_older_sidecars_without_ranges_use_the_default_bands(tmp_path):
+    fx = write_group_fixture(tmp_path, n_participants=5, sessions_for=(), experts=False)
+    result = compute_group(fx["out"], fx["bids"])
+    assert result.table["age_outside_training_range"].isna().all()
+    acc = result.metrics["age_accuracy"]
+    assert acc["band_edges"] == [13.0, 18.0, 30.0]
+    assert acc["training_range_accuracy"] == {} and acc["training_range"] == {MODEL_SHA: None}
+    assert sum(b["n"] for b in acc["bands"]) == 5
+    assert not any("training age range" in note for note in result.notes)
+
+
+def _methods(result) -> str:
+    from brainfm.reports.group_report import methods_paragraph
+
+    return methods_paragraph(result)
+
+
+def test_methods_name_only_the_members_that_contribute(tmp_path):
+    from brainfm.interfaces.predict import network_weights
+
+    fx = write_group_fixture(tmp_path, n_participants=4, sessions_for=(), experts=False)
+    # older sidecars, a model that is not the packaged one: no claim about the members
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "BrainFM networks" not in text and "not recorded" in text
+    # the card's weights: age stacked, fluid intelligence from the linear members alone
+    _plant_card(fx["out"], NetworkWeights={"age": 0.05, "fluid_intelligence": 0.0})
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "fluid intelligence by ridge regression on the session&#x27;s whole-run " \
+           "Fisher-z connectivity alone (network weight 0" in text
+    assert "age by ridge regression" in text and "(weight 0.95) stacked with BrainFM " \
+           "networks" in text and "(weight 0.05)" in text
+    assert text.count("BrainFM networks") == 1  # for age only
+    # older sidecars of the packaged model: its card gives the weights
+    card = json.loads((Path(__file__).parents[1] / "brainfm" / "data" / "models" / "default"
+                       / "model_card.json").read_text())
+    for path in fx["out"].glob("sub-*/func/*_predictions.json"):
+        content = json.loads(path.read_text())
+        content["ModelCard"].pop("NetworkWeights")
+        content["ModelSHA256"] = card["weights_sha256"]
+        path.write_text(json.dumps(content))
+    weights = network_weights(card)
+    assert weights["fluid_intelligence"] == 0.0
+    text = _methods(compute_group(fx["out"], fx["bids"]))
+    assert "network weight 0" in text and "not recorded" not in text

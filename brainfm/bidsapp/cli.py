@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--reference-ages", metavar="TSV",
                      help="participants.tsv (participant_id, age) of a reference sample among "
                           "the participants in output_dir")
+    grp.add_argument("--allow-mixed-models", action="store_true",
+                     help="aggregate predictions made by different models (the 'model' column "
+                          "of group_predictions.tsv); metrics are then computed per model "
+                          "(default: refuse, exit 64)")
 
     perf = parser.add_argument_group("performance")
     perf.add_argument("-w", "--work-dir", metavar="PATH",

@@ -55,6 +55,7 @@ class Config:
     lock_timeout: float = 0.0
     bias_correction: str = "none"
     reference_ages: Path | None = None
+    allow_mixed_models: bool = False
     model: str = "default"
     model_explicit: bool = False  # --model given (else: packaged model, skipped if unsuitable)
     allow_model_mismatch: bool = False
@@ -326,6 +327,7 @@ def from_args(args: Any) -> Config:
         lock_timeout=float(getattr(args, "lock_timeout", 0.0)),
         bias_correction=args.bias_correction,
         reference_ages=Path(args.reference_ages).absolute() if args.reference_ages else None,
+        allow_mixed_models=getattr(args, "allow_mixed_models", False),
         model=_model_argument(args.model),
         model_explicit=args.model is not None,
         allow_model_mismatch=args.allow_model_mismatch,

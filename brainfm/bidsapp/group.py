@@ -10,6 +10,8 @@ the root of the output dataset:
     ``age_gap`` = ``age_pred - age``; with a bias correction also ``age_pred_corrected`` and
     ``age_gap_corrected``; QC: ``n_runs`` (runs used), ``n_runs_excluded``,
     ``retained_seconds``, ``mean_fd``; and ``sex``/``site`` when ``participants.tsv`` has them.
+    The ``.json`` also lists under ``left_out`` the participants and sessions without a
+    prediction (``participant_id``, ``session_id``, ``reason``), named in one warning line too.
 ``group_metrics.json``
     Per target with known values: ``n``, ``mae``, ``rmse``, ``mean_error``, ``pearson_r``,
     ``pearson_p``, ``r2`` over the sessions; the brain-age gap summary; the bias-corrected
@@ -26,7 +28,7 @@ import logging
 from pathlib import Path
 
 from brainfm.bidsapp.config import Config
-from brainfm.derivatives import incomplete_participants, init_output_dataset
+from brainfm.derivatives import init_output_dataset
 from brainfm.fileio import write_json_atomic, write_text_atomic, write_tsv_atomic
 from brainfm.group.result import GroupResult, compute_group
 from brainfm.group.table import column_descriptions
@@ -73,7 +75,8 @@ def write_group_outputs(result: GroupResult, output_dir: str | Path,
         "predictions": write_tsv_atomic(output_dir / PREDICTIONS_FILE, result.table),
         "predictions_json": write_json_atomic(
             output_dir / PREDICTIONS_FILE.replace(".tsv", ".json"),
-            column_descriptions(result.table, result.targets, result.truth_columns)),
+            {**column_descriptions(result.table, result.targets, result.truth_columns),
+             "left_out": result.left_out}),
         "metrics": write_json_atomic(output_dir / METRICS_FILE, result.metrics),
     }
     bias_path = output_dir / BIAS_FILE
@@ -89,8 +92,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
     """Run the group level for a :class:`~brainfm.bidsapp.config.Config`.
 
     Reads ``config.output_dir`` (and ``config.bids_dir/participants.tsv``), and the optional
-    fields ``bias_correction`` (``'none'``, ``'linear'``, ``'residual'``; default ``'none'``)
-    and ``reference_ages`` (path or ``None``).
+    fields ``bias_correction`` (``'none'``, ``'linear'``, ``'residual'``; default ``'none'``),
+    ``reference_ages`` (path or ``None``) and ``allow_mixed_models`` (default ``False``).
 
     Parameters
     ----------
@@ -108,7 +111,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
         No participant-level predictions, malformed ``participants.tsv``, missing
         ``--reference-ages`` (exit 66).
     UsageError
-        Inconsistent options (exit 64).
+        Inconsistent options, predictions of several models without
+        ``--allow-mixed-models`` (exit 64).
     """
     output_dir = Path(config.output_dir)
     bids_dir = Path(config.bids_dir) if getattr(config, "bids_dir", None) else None
@@ -116,12 +120,8 @@ def run_group_level(config: Config) -> dict[str, Path]:
     reference = getattr(config, "reference_ages", None)
     LOGGER.info("brainfm group level: %s (bias correction: %s%s)", output_dir, method,
                 f", reference {reference}" if reference else "")
-    incomplete = incomplete_participants(output_dir)
-    if incomplete:
-        LOGGER.warning("%d participant(s) with incomplete outputs are left out: %s (their "
-                       "participant level was interrupted or failed; rerun it for them)",
-                       len(incomplete), ", ".join(incomplete))
-    result = compute_group(output_dir, bids_dir, method, reference)
+    result = compute_group(output_dir, bids_dir, method, reference,
+                           allow_mixed_models=getattr(config, "allow_mixed_models", False))
     written = write_group_outputs(result, output_dir, bids_dir)
     LOGGER.info("group level: %d session(s) of %d participant(s); wrote %s",
                 result.metrics["n_sessions"], result.metrics["n_participants"],

@@ -3,7 +3,11 @@
 Plain functions over tables (no workflow engine): :mod:`~brainfm.group.read_outputs` reads the
 output dataset, :mod:`~brainfm.group.brainage` computes the brain-age gap and its bias correction,
 :mod:`~brainfm.group.metrics` the accuracy metrics, :mod:`~brainfm.group.table` merges them into
-the group table and :mod:`~brainfm.group.result` computes everything in memory
+the group table; :mod:`~brainfm.group.models` checks that one model made the predictions,
+:mod:`~brainfm.group.left_out` names the participants without one,
+:mod:`~brainfm.group.age_ranges` and :mod:`~brainfm.group.age_accuracy` give the accuracy per age
+band and against the model's training range; :mod:`~brainfm.group.result` computes everything
+in memory
 (:func:`~brainfm.group.result.compute_group`); :func:`brainfm.bidsapp.group.run_group_level`
 writes the group outputs.
 """

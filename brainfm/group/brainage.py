@@ -216,3 +216,27 @@ def cross_validated_bias_correction(
         "method": method, "fit": "cross-validated", "n_folds": k, "seed": int(seed),
         "folds": fold_info, "full_sample": fit_bias_correction(pred, age, method),
     }
+
+
+def gap_age_slope(chronological: Any, gap: Any) -> float | None:
+    """Least-squares slope of the brain-age gap on age (years of gap per year of age).
+
+    The usual regression to the mean gives a negative slope; a bias correction should bring
+    it near 0 (report both, before and after).
+
+    Parameters
+    ----------
+    chronological, gap : array-like
+        Known ages and gaps; pairs with a NaN are ignored.
+
+    Returns
+    -------
+    float or None
+        The slope, or ``None`` with fewer than :data:`MIN_FIT_PAIRS` pairs or no spread in age.
+    """
+    age = np.asarray(chronological, dtype=float).ravel()
+    delta = np.asarray(gap, dtype=float).ravel()
+    keep = np.isfinite(age) & np.isfinite(delta)
+    if keep.sum() < MIN_FIT_PAIRS or np.ptp(age[keep]) == 0:
+        return None
+    return float(np.polyfit(age[keep], delta[keep], 1)[0])

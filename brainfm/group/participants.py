@@ -10,7 +10,7 @@ import pandas as pd
 
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_tsv
-from brainfm.group.read_outputs import NA, present_intervals
+from brainfm.group.read_outputs import NA, present_intervals, reliability_columns
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +74,92 @@ def read_participants(path: str | Path, numeric_columns: list[str],
         raise InputError(f"{path}: participant_id repeated: "
                          f"{', '.join(sorted(set(table.loc[dup, 'participant_id'])))}")
     return table
+
+
+#: Numbers that datasets commonly write for an unknown value; read as missing (with a warning).
+MISSING_CODES = (-9999.0, -999.0)
+
+#: Ages (years) a participant can have: above 0 and below this.
+MAX_AGE = 120.0
+
+#: A cohort whose median "age" exceeds this many years is taken to be in months.
+MONTHS_MEDIAN = 100.0
+
+
+def replace_missing_codes(table: pd.DataFrame, columns: list[str], path: str | Path
+                          ) -> pd.DataFrame:
+    """Read the documented missing codes (:data:`MISSING_CODES`) of numeric columns as n/a.
+
+    One warning line names the file, the column and the participants.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`read_participants` (numeric columns already float).
+    columns : list of str
+        Columns to clean (those absent are skipped).
+    path : path
+        The file, for the warning.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with the codes replaced by NaN.
+    """
+    table = table.copy()
+    for col in columns:
+        if col not in table:
+            continue
+        coded = table[col].isin(MISSING_CODES)
+        if coded.any():
+            ids = table.loc[coded, "participant_id"].tolist()
+            LOGGER.warning("%s: column '%s' holds the missing code(s) %s for %d participant(s), "
+                           "read as n/a: %s", path, col,
+                           "/".join(f"{v:g}" for v in sorted(set(table.loc[coded, col]))),
+                           len(ids), ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else ""))
+            table.loc[coded, col] = np.nan
+    return table
+
+
+def check_ages(table: pd.DataFrame, column: str, path: str | Path) -> None:
+    """Refuse ages that cannot be ages in years (after the missing codes were read as n/a).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The participants table (``column`` float).
+    column : str
+        The age column.
+    path : path
+        The file, for the message.
+
+    Raises
+    ------
+    InputError
+        Ages at or below 0 or at or above :data:`MAX_AGE` years (naming the participants), or
+        a cohort whose median age exceeds :data:`MONTHS_MEDIAN` (ages in months).
+    """
+    if column not in table:
+        return
+    ages = table[column].to_numpy(dtype=float)
+    known = np.isfinite(ages)
+    def named(rows: np.ndarray) -> str:
+        items = [f"{table.at[i, 'participant_id']}: {ages[k]:g}"
+                 for k, i in enumerate(table.index) if rows[k]]
+        return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10
+                                        else "")
+
+    if known.any() and float(np.median(ages[known])) > MONTHS_MEDIAN:
+        raise InputError(
+            f"{path}: column '{column}' has a median of {np.median(ages[known]):g} "
+            f"({named(known)}): these look like ages in months; participants.tsv ages must be "
+            "in years (divide the column by 12)")
+    bad = known & ((ages <= 0) | (ages >= MAX_AGE))
+    if bad.any():
+        raise InputError(
+            f"{path}: column '{column}' holds values that cannot be ages in years "
+            f"(0 < age < {MAX_AGE:g}): {named(bad)}. Correct them, or write n/a (or "
+            f"{'/'.join(f'{v:g}' for v in MISSING_CODES)}) for unknown ages.")
 
 
 def target_truth_columns(sidecars: list[dict], targets: list[str]) -> dict[str, str]:
@@ -189,9 +275,10 @@ def merge_group_table(predictions: pd.DataFrame, targets: list[str],
     columns = list(ID_COLUMNS)
     for target in targets:
         columns += [f"{target}_pred", f"{target}_pred_std",
-                    *present_intervals(table, f"{target}_pred")]
+                    *present_intervals(table, f"{target}_pred"),
+                    *[c for c in reliability_columns(target) if c in table]]
         if target in known:
             columns.append(target)
-    columns += [c for c in ("out_of_distribution",) if c in table]
+    columns += [c for c in ("out_of_distribution", "model") if c in table]
     columns += ["n_runs", "n_runs_excluded", "retained_seconds", "mean_fd", *extras]
     return table.reindex(columns=columns)

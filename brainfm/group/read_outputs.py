@@ -37,6 +37,30 @@ QC_COLUMNS = ("n_runs", "retained_seconds")
 #: The value BIDS uses for a missing entry, and the session of datasets without sessions.
 NA = "n/a"
 
+#: Sidecar keys that identify the model of a prediction, first preferred: ``ModelSHA256``
+#: (weights and card), then ``WeightsSHA256`` (the weights alone).
+MODEL_HASH_KEYS = ("ModelSHA256", "WeightsSHA256")
+
+
+def model_hash(sidecar: dict[str, Any]) -> str:
+    """The model that made a prediction, from its sidecar.
+
+    Parameters
+    ----------
+    sidecar : dict
+        A predictions sidecar (empty when the file is missing).
+
+    Returns
+    -------
+    str
+        The first of :data:`MODEL_HASH_KEYS` the sidecar holds, else ``'n/a'``.
+    """
+    for key in MODEL_HASH_KEYS:
+        value = sidecar.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return NA
+
 
 def glob_outputs(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     found: set[Path] = set()
@@ -76,6 +100,28 @@ def present_intervals(table: pd.DataFrame, prefix: str) -> list[str]:
             if (c := f"{prefix}_{side}{level}") in table]
 
 
+def reliability_columns(target: str) -> list[str]:
+    """The participant level's per-row reliability columns of a target (when its card has
+    a reliable range): ``<target>_reliable`` and ``<target>_expected_mae``."""
+    return [f"{target}_reliable", f"{target}_expected_mae"]
+
+
+def as_flag(values: Any) -> pd.Series:
+    """Booleans written ``true``/``false`` (``None``, written n/a, where unknown)."""
+    def one(v: Any) -> str | None:
+        if isinstance(v, bool | np.bool_):
+            return "true" if v else "false"
+        text = str(v).strip().lower()
+        if text in ("true", "1", "1.0"):
+            return "true"
+        if text in ("false", "0", "0.0"):
+            return "false"
+        return None
+    series = pd.Series(values)
+    return pd.Series([one(v) for v in series], index=series.index, dtype=object)
+
+
+
 def _ids_from_name(path: Path) -> tuple[str, str]:
     entities = parse_entities(path.name)
     sub, ses = (f"{key}-{entities[key]}" if key in entities else NA for key in ("sub", "ses"))
@@ -97,7 +143,9 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
     -------
     table : pandas.DataFrame
         One row per participant and session: ``participant_id``, ``session_id``,
-        ``<t>_pred``, ``<t>_pred_std`` per target, ``n_runs``, ``retained_seconds``.
+        ``<t>_pred``, ``<t>_pred_std`` per target (and ``<t>_reliable``,
+        ``<t>_expected_mae`` where the tables have them), ``model`` (:func:`model_hash`),
+        ``n_runs``, ``retained_seconds``.
     targets : list of str
         Target names in order of first appearance (e.g. ``['age', 'fluid_intelligence']``).
     sidecars : list of dict
@@ -153,6 +201,7 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
             except (OSError, json.JSONDecodeError) as err:
                 raise InputError(f"cannot read the sidecar {sidecar_path}: {err}") from err
         sidecars.append({**sidecar, "_file": str(path)})
+        rows[-1]["model"] = model_hash(sidecar)
     table = pd.concat(rows, ignore_index=True, sort=False)
     dup = table.duplicated(subset=list(ID_COLUMNS), keep=False)
     if dup.any():
@@ -167,8 +216,15 @@ def read_predictions(output_dir: str | Path) -> tuple[pd.DataFrame, list[str], l
     for target in targets:
         columns += [f"{target}_pred", f"{target}_pred_std"]
         columns += [c for c in present_intervals(table, f"{target}_pred")]
+        columns += [c for c in reliability_columns(target) if c in table]
+    for target in targets:
+        if f"{target}_reliable" in table:
+            table[f"{target}_reliable"] = as_flag(table[f"{target}_reliable"])
+        if f"{target}_expected_mae" in table:
+            table[f"{target}_expected_mae"] = pd.to_numeric(table[f"{target}_expected_mae"],
+                                                            errors="coerce")
     columns += [c for c in ("out_of_distribution",) if c in table]
-    columns += list(QC_COLUMNS)
+    columns += ["model", *QC_COLUMNS]
     table = table.reindex(columns=columns)
     return table.sort_values(list(ID_COLUMNS)).reset_index(drop=True), targets, sidecars
 
@@ -317,7 +373,8 @@ def collect_methods_info(output_dir: str | Path, sidecars: list[dict]) -> dict[s
         card = side.get("ModelCard")
         if card and card not in info["model_cards"]:
             info["model_cards"].append(card)
-        add("model_sha256", side.get("ModelSHA256"))
+        if model_hash(side) != NA:
+            add("model_sha256", model_hash(side))
     desc = read_json(output_dir / "dataset_description.json")
     info["generated_by"] = [g for g in desc.get("GeneratedBy", []) if isinstance(g, dict)]
     return info

@@ -23,8 +23,10 @@ from brainfm.group.brainage import (
     fit_bias_correction,
 )
 from brainfm.group.participants import (
+    check_ages,
     merge_group_table,
     read_participants,
+    replace_missing_codes,
     target_truth_columns,
     truth_sources,
 )
@@ -53,8 +55,13 @@ DEFAULT_SEED = 0
 
 
 def load_participants(bids_dir: str | Path | None, targets: list[str],
-                      extra_numeric: tuple[str, ...] = ()) -> pd.DataFrame | None:
+                      extra_numeric: tuple[str, ...] = (),
+                      age_column: str = "age") -> pd.DataFrame | None:
     """Read ``bids_dir/participants.tsv`` when it exists, checking its numeric columns.
+
+    The missing codes (:data:`~brainfm.group.participants.MISSING_CODES`) of the numeric
+    columns are read as n/a with one warning each; the ages must then be ages in years
+    (:func:`~brainfm.group.participants.check_ages`).
 
     Parameters
     ----------
@@ -64,6 +71,9 @@ def load_participants(bids_dir: str | Path | None, targets: list[str],
         Predicted targets (their columns must be numeric too).
     extra_numeric : tuple of str
         Further columns that must be numeric (the model's target columns).
+    age_column : str
+        The column of the known ages (``age``, or the model card's target column for age when
+        ``participants.tsv`` has no ``age``).
 
     Returns
     -------
@@ -73,7 +83,7 @@ def load_participants(bids_dir: str | Path | None, targets: list[str],
     Raises
     ------
     InputError
-        Non-numeric ages or target values (naming the file and rows).
+        Non-numeric ages or target values, impossible ages (naming the file and rows).
     """
     if bids_dir is None:
         return None
@@ -82,7 +92,9 @@ def load_participants(bids_dir: str | Path | None, targets: list[str],
         LOGGER.info("no %s: the group report has predictions only (no known values)", path)
         return None
     numeric = list(dict.fromkeys([*NUMERIC_PARTICIPANT_COLUMNS, *targets, *extra_numeric]))
-    return read_participants(path, numeric)
+    table = replace_missing_codes(read_participants(path, numeric), numeric, path)
+    check_ages(table, "age" if "age" in table else age_column, path)
+    return table
 
 
 def build_group_table(output_dir: str | Path, bids_dir: str | Path | None
@@ -114,7 +126,8 @@ def build_group_table(output_dir: str | Path, bids_dir: str | Path | None
     predictions, targets, sidecars = read_predictions(output_dir)
     run_qc = read_run_qc(output_dir)
     model_columns = target_truth_columns(sidecars, targets)
-    participants = load_participants(bids_dir, targets, tuple(model_columns.values()))
+    participants = load_participants(bids_dir, targets, tuple(model_columns.values()),
+                                     model_columns.get("age", "age"))
     table = merge_group_table(predictions, targets, summarise_run_qc(run_qc), participants,
                               truth_columns=model_columns)
     return table, targets, sidecars, run_qc, truth_sources(participants, targets,
@@ -189,7 +202,9 @@ def correct_brain_age(table: pd.DataFrame, method: str, reference_ages: str | Pa
         ref_path = Path(reference_ages)
         if not ref_path.is_file():
             raise InputError(f"--reference-ages {ref_path} does not exist")
-        reference = read_participants(ref_path, ["age"], required=("age",))
+        reference = replace_missing_codes(read_participants(ref_path, ["age"],
+                                                            required=("age",)), ["age"], ref_path)
+        check_ages(reference, "age", ref_path)
         keys = ["participant_id"]
         if "session_id" in reference and reference["session_id"].ne("n/a").any():
             keys.append("session_id")
@@ -289,6 +304,17 @@ def column_descriptions(table: pd.DataFrame, targets: list[str],
                     f"{side.capitalize()} bound of the calibrated central {level} % interval of "
                     f"{target}_pred (conformal, from held-out-site residuals of the training "
                     "cohort).")
+    desc["age_outside_training_range"] = (
+        "true when the known age lies outside the age range of the model's training cohort "
+        "(the predictions sidecar's ModelCard.TrainingRange), false inside, n/a when the age "
+        "or the range is unknown.")
+    desc["age_reliable"] = ("From the participant level: false where the model card's "
+                            "out-of-fold evidence says the model cannot tell ages apart there "
+                            "(ModelCard.ReliableRange) or the data are shorter than one window.")
+    desc["age_expected_mae"] = ("From the participant level: the held-out MAE of the age band "
+                                "the prediction falls in (years).")
+    desc["model"] = ("The model that made the prediction: ModelSHA256 of the predictions "
+                     "sidecar (WeightsSHA256 for sidecars without it; n/a without a sidecar).")
     desc["out_of_distribution"] = ("True when the session lies outside what the model's "
                                    "training cohort covers (see the predictions sidecar).")
     return {c: {"Description": desc[c]} for c in table.columns if c in desc}

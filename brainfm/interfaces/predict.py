@@ -37,6 +37,7 @@ def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
         "SamplingRateHz": card.get("sampling_rate_hz"),
         "BrainfmVersion": card.get("brainfm_version"),
         "OutOfSiteAccuracy": (card.get("metrics") or {}).get("leave_site_out_summary"),
+        "NetworkWeights": network_weights(card),
         **reliability_summary(card),
     }
 
@@ -55,6 +56,15 @@ def reliability_summary(card: dict[str, Any]) -> dict[str, Any]:
     if edges:
         out["BandEdges"] = edges
     return out
+
+
+def network_weights(card: dict[str, Any]) -> dict[str, float] | None:
+    """Per target, the weight of the network members in an ensemble card (``None`` for a
+    single network, whose only member is the network)."""
+    targets = (card.get("ensemble") or {}).get("targets")
+    if not targets:
+        return None
+    return {t["name"]: float(t["network_weight"]) for t in targets if "network_weight" in t}
 
 
 def target_notes(card: dict[str, Any]) -> dict[str, str]:

@@ -74,6 +74,53 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return html_table(pd.DataFrame(rows), text_columns=["target"])
 
 
+def _per_model_html(metrics: dict[str, Any]) -> str:
+    """Metrics of each model's rows (predictions of several models, ``--allow-mixed-models``)."""
+    from brainfm.group.models import short_hash
+
+    models = metrics.get("models") or {}
+    if not models:
+        return ""
+    rows = [{"model": short_hash(model), "participants": len(values["participants"]),
+             "target": target, **{label: acc.get(key) for key, label in _METRIC_COLUMNS}}
+            for model, values in models.items() for target, acc in values["targets"].items()]
+    body = (f'<p class="warning">The predictions come from {len(models)} different models '
+            "(<code>--allow-mixed-models</code>): the metrics above pool them; per model:</p>")
+    return body + (html_table(pd.DataFrame(rows), text_columns=["model", "target"]) if rows
+                   else '<p class="note">No model has rows with known values.</p>')
+
+
+def _n_of_m(result: GroupResult) -> str:
+    """``N of M``: participants with a prediction of the ``sub-<label>`` folders found."""
+    n = result.metrics.get("n_participants_with_predictions", result.metrics["n_participants"])
+    m = max(result.n_participant_folders, result.metrics["n_participants"])
+    return f"{n} of {m}"
+
+
+def _age_accuracy_html(metrics: dict[str, Any]) -> str:
+    """Per-band accuracy and accuracy inside/outside the training range (``age_accuracy``)."""
+    acc = metrics.get("age_accuracy")
+    if not acc:
+        return ""
+    columns = (("n", "n"), ("mae", "MAE"), ("mean_error", "mean error (bias)"),
+               ("pearson_r", "Pearson r"))
+    rows = [{"known age": f"{b['band']} y", **{label: b.get(k) for k, label in columns}}
+            for b in acc["bands"]]
+    ranges = acc.get("training_range_accuracy") or {}
+    for key, text in (("inside", "inside the training range"),
+                      ("outside", "outside the training range")):
+        if key in ranges:
+            rows.append({"known age": text, **{label: ranges[key].get(k)
+                                               for k, label in columns}})
+    edges = ", ".join(f"{e:g}" for e in acc["band_edges"])
+    known = [r for r in acc.get("training_range", {}).values() if r]
+    span = "; ".join(f"{'' if lo is None else f'{lo:g}'}–{'' if hi is None else f'{hi:g}'} y"
+                     for lo, hi in known) or "not recorded in the predictions sidecars"
+    return (f'<p class="note">Age accuracy per band of known age (band edges {esc(edges)} y) '
+            f"and against the model's training age range ({esc(span)}); r needs n ≥ 3.</p>"
+            + html_table(pd.DataFrame(rows), text_columns=["known age"]))
+
+
 def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | None) -> Section:
     qc = result.run_qc
     n_inc = int((qc.get("status", pd.Series(dtype=str)) == "included").sum())
@@ -91,8 +138,8 @@ def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | Non
     items = [
         ("Output dataset", f"<code>{esc(output_dir)}</code>"),
         ("Input dataset", f"<code>{esc(bids_dir)}</code>" if bids_dir else "n/a"),
-        ("Participants / sessions", f"{result.metrics['n_participants']} / "
-                                    f"{result.metrics['n_sessions']}"),
+        ("Participants with predictions", _n_of_m(result)),
+        ("Sessions in the table", str(result.metrics["n_sessions"])),
         ("Runs included / excluded", f"{n_inc} / {n_exc}" if len(qc) else "no QC tables found"),
         ("Targets", esc(", ".join(t.replace("_", " ") for t in result.targets))),
         ("Atlases", esc(atlases)),
@@ -103,6 +150,10 @@ def _summary_section(result: GroupResult, output_dir: Path, bids_dir: Path | Non
         + "</dl>"
     for note in result.notes:
         body += f'<p class="warning">{esc(note)}</p>'
+    if result.left_out:
+        body += (f"<h3>Left out ({len(result.left_out)})</h3>"
+                 + html_table(pd.DataFrame(result.left_out), scroll=True,
+                              text_columns=["participant_id", "session_id", "reason"]))
     if correction is not None:
         body += ('<p class="warning"><strong>Bias correction.</strong> '
                  f'{esc(correction["warning"])}</p>')
@@ -113,7 +164,7 @@ def _accuracy_section(result: GroupResult) -> Section:
     from brainfm.reports import figures
 
     table = result.table
-    body = [_metrics_table(result.metrics),
+    body = [_metrics_table(result.metrics), _per_model_html(result.metrics),
             '<p class="note">MAE and RMSE in the target\'s units; R² is 1 − SS<sub>res</sub>/'
             "SS<sub>tot</sub> of the predictions (not r²). Sessions count separately.</p>"]
     cards = result.methods.get("model_cards") or [{}]
@@ -131,6 +182,8 @@ def _accuracy_section(result: GroupResult) -> Section:
                 f"{format_value(acc.get('training_mean_mae'))}).</p>")
         if target in result.target_notes:
             body.append(f'<p class="warning">{esc(result.target_notes[target])}</p>')
+        if target == "age":
+            body.append(_age_accuracy_html(result.metrics))
         column = result.truth_columns.get(target, target)
         if column != target:
             body.append(f'<p class="note">Known {esc(target.replace("_", " "))}: column '
@@ -154,6 +207,15 @@ def _accuracy_section(result: GroupResult) -> Section:
     return Section("accuracy", "Predictions and accuracy", "\n".join(body))
 
 
+def _corrected_slope(metrics: dict[str, Any]) -> str:
+    corrected = metrics.get("bias_corrected")
+    if not corrected:
+        return " (no bias correction)"
+    return (f"; after the {esc(corrected['method'])} correction "
+            f"{format_value(corrected.get('gap_slope_with_age'), 3)} (r = "
+            f"{format_value(corrected.get('gap_r_with_age'))})")
+
+
 def _gap_section(result: GroupResult) -> Section:
     from brainfm.reports import figures
 
@@ -166,8 +228,9 @@ def _gap_section(result: GroupResult) -> Section:
     body = [f"<p>Brain-age gap (predicted − chronological age): mean "
             f"{format_value(gap.get('mean'))} years, SD {format_value(gap.get('std'))}, "
             f"correlation with age r = {format_value(gap.get('r_with_age'))} "
-            f"(n = {gap.get('n', 0)}). A negative correlation with age is the usual regression "
-            "to the mean of brain-age models.</p>"]
+            f"(n = {gap.get('n', 0)}), slope on age {format_value(gap.get('slope_with_age'), 3)}"
+            f"{_corrected_slope(result.metrics)}. A negative correlation with age is the "
+            "usual regression to the mean of brain-age models.</p>"]
     corrected = table["age_gap_corrected"] if "age_gap_corrected" in table else None
     body.append(_safe_figure("brain-age gap vs age", figures.plot_gap_vs_age, table["age"],
                              table["age_gap"], corrected))
@@ -307,6 +370,52 @@ def _card_summary(card: Any) -> str:
     return f'<dl class="summary">{"".join(rows)}</dl>'
 
 
+#: The network members, as the methods text names them.
+NETWORK = ("BrainFM networks (local masked autoencoder encoder, random-walk mixture of "
+           "experts, selective state-space predictor) on sliding windows of each session's ROI "
+           "time series, averaged over windows and runs")
+LINEAR = "ridge regression on the session's whole-run Fisher-z connectivity"
+
+
+def model_sentence(weights: dict[str, float] | None, targets: list[str]) -> str:
+    """How the predictions were made, naming only the members that contribute (HTML-escaped).
+
+    Parameters
+    ----------
+    weights : dict or None
+        Target to the network members' weight in the ensemble
+        (:func:`~brainfm.group.models.network_weights`); ``None``: a single network, or not
+        recorded.
+    targets : list of str
+        Predicted targets.
+
+    Returns
+    -------
+    str
+        One or more sentences.
+    """
+    if weights is None:
+        return esc("Predictions were made by the brainfm model named by the model card below "
+                   "(how its members combine is not recorded in the predictions sidecars).")
+    parts = []
+    for target in targets:
+        name = target.replace("_", " ")
+        w = weights.get(target)
+        if w is None:
+            continue
+        if w <= 0:
+            parts.append(f"{name} by {LINEAR} alone (network weight 0: the networks do not "
+                         "contribute)")
+        elif w >= 1:
+            parts.append(f"{name} by {NETWORK} alone")
+        else:
+            parts.append(f"{name} by {LINEAR} (weight {1 - w:.2g}) stacked with {NETWORK} "
+                         f"(weight {w:.2g})")
+    if not parts:
+        return esc("Predictions were made by the brainfm ensemble named by the model card below.")
+    return esc("Predictions were made by the brainfm ensemble: " + "; ".join(parts) + ".")
+
+
 def methods_paragraph(result: GroupResult) -> str:
     """The methods text (HTML): denoising, atlas, model, bias correction, metrics, versions.
 
@@ -320,6 +429,8 @@ def methods_paragraph(result: GroupResult) -> str:
     str
         HTML paragraphs.
     """
+    from brainfm.group.models import network_weights
+
     m = result.methods
     versions = software_versions()
     bandpass = ", ".join(f"{lo if lo else 'none'}–{hi if hi else 'none'} Hz"
@@ -339,11 +450,8 @@ def methods_paragraph(result: GroupResult) -> str:
         f"displacement above {esc(fd if fd != 'n/a' else 'no threshold')}; runs with too little "
         f"time left were excluded. Repetition times: {esc(_join(m['repetition_times'], ' s'))}."
         "</p>",
-        "<p>Predictions were made by the brainfm model (local masked autoencoder encoder, "
-        "random-walk mixture of experts, selective state-space predictor) on sliding windows "
-        "of each session's ROI time series, averaged over windows and runs; the reported "
-        "standard deviation combines the model's predictive variance and the spread over "
-        f"windows. Model weights SHA-256: {esc(_join(m['model_sha256']))}.</p>",
+        f"<p>{model_sentence(network_weights(m), result.targets)} Model SHA-256: "
+        f"{esc(_join(m['model_sha256']))}.</p>",
     ]
     if result.correction is not None:
         c = result.correction
@@ -401,5 +509,5 @@ def render_group_report(result: GroupResult, output_dir: str | Path,
         Section("methods", "Methods", methods_paragraph(result)),
     ]
     return render_page("brainfm group report",
-                       f"{result.metrics['n_participants']} participants, "
+                       f"{_n_of_m(result)} participants with predictions, "
                        f"{result.metrics['n_sessions']} sessions — {output_dir}", sections)

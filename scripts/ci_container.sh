@@ -358,9 +358,11 @@ def participant(path: str) -> str | None:
 
 # the expected list is for participants 01 and 02: keep the shared files and sub-01's
 expected = sorted(p for p in expected_file.read_text().split() if participant(p) in (None, "01"))
-# run ids (brainfm.bidsapp.records.new_run_id) are written RUNID in the list
+# run ids (brainfm.bidsapp.records.new_run_id) are written RUNID in the list; lock files
+# (.brainfm.lock, .brainfm-locks/) are not outputs (tests/output_tree.py skips them too)
 found = sorted(re.sub(r"\d{8}-\d{6}_[0-9a-f]{8}", "RUNID", p.relative_to(out).as_posix())
-               for p in out.rglob("*") if p.is_file() and p.name != ".brainfm.lock")
+               for p in out.rglob("*") if p.is_file() and p.name != ".brainfm.lock"
+               and ".brainfm-locks" not in p.relative_to(out).parts)
 missing = sorted(set(expected) - set(found))
 extra = sorted(set(found) - set(expected))
 if missing or extra:

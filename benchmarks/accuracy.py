@@ -46,6 +46,7 @@ import evaluation as E
 import numpy as np
 from provenance import git_commit, machine
 
+from brainfm.derivatives import reliability_columns
 from brainfm.fileio import write_text_atomic
 from brainfm.group.brainage import apply_bias_correction, fit_bias_correction
 from brainfm.importers.pcp import import_pcp
@@ -59,7 +60,7 @@ from brainfm.models.baselines import (
 )
 from brainfm.models.cli import load_options
 from brainfm.models.cross_validation import make_folds
-from brainfm.models.ensemble import interval_columns, reliability_columns
+from brainfm.models.ensemble import interval_columns
 from brainfm.models.loop import regression_metrics
 from brainfm.models.options import TrainOptions
 from brainfm.models.runtime import DistContext, setup

@@ -207,6 +207,14 @@ def cv_metrics(accuracy_json: Path) -> dict[str, Any] | None:
         entry["coverage_by_age_band"] = {lv: {b: v["coverage"] for b, v in c.items()}
                                          for lv, c in ev.get("coverage", {}).get("age", {}).items()}
         entry["paired_age_mae_ratio"] = ev.get("paired", {})
+        entry["balanced_age_mae"] = {m: ev["balanced"][m] for m in MODELS_IN_CARD
+                                     if m in ev.get("balanced", {})}
+        entry["age_mae_by_band"] = {m: {b: {"n": v["n"], "mae": v["mae"],
+                                            "mean_error": v["mean_error"]}
+                                        for b, v in ev["bands"][m].items()}
+                                    for m in MODELS_IN_CARD if m in ev.get("bands", {})}
+        entry["age_reliable_share_by_band"] = {b: v["share"]
+                                               for b, v in ev.get("reliable", {}).items()}
         entry["piq_r"] = {m: ev.get("piq_r", {}).get(m) for m in ("recipe", "krr")}
         out[block["protocol"]] = {"n_folds": block["n_folds"], **entry}
     return out
@@ -238,19 +246,35 @@ def target_note(name: str, loso: dict[str, Any] | None) -> str | None:
             f"r {ours['r']:.2f}; errors grow with age (see the model card's age bands).")
 
 
+def intended_use(card: dict[str, Any]) -> str:
+    """The card's intended use, with the reliable age range the recipe measured on its card."""
+    age = next(t for t in card["ensemble"]["targets"] if t["name"] == "age")
+    cohort = card["training"]["cohort"]
+    low, high = (age.get("reliable") or {}).get("range") or (None, None)
+    where = ("nowhere" if low is None and high is None and not age.get("reliable") else
+             f"below {high:g} y" if low is None else f"from {low:g} y" if high is None else
+             f"from {low:g} to {high:g} y")
+    return (
+        "Research estimates of brain age (and, for completeness, performance IQ, which it does "
+        "not predict out of site) from resting-state fMRI parcellated with CC200 and denoised "
+        "with the 'pcp' strategy. Not a clinical tool. Trained on ages "
+        f"{age['training_range'][0]:g}-{age['training_range'][1]:g} (mostly children and "
+        f"adolescents; {cohort['n_age_30_or_older']} of {cohort['n_subjects']} subjects are 30 "
+        "or older; autism and controls). It resolves "
+        f"age for predicted ages {where} (age_reliable true): adults are predicted far too "
+        "young and cannot be told apart by age, so for adult cohorts train your own model "
+        "(docs/training.md). Predictions from other preprocessing, or flagged "
+        "out_of_distribution, are less reliable."
+    )
+
+
 def finish_card(model_dir: Path, out: Path, cohort_info: dict[str, Any],
                 accuracy_json: Path) -> Path:
     """Write the shipped model (same weights) with the complete model card into ``out``."""
     model, card = load_checkpoint(model_dir)
     card["name"] = "brainfm-default-abide-cc200"
-    card["intended_use"] = (
-        "Research estimates of brain age (and, for completeness, performance IQ, which it does not "
-        "predict out of site) from resting-state fMRI parcellated with CC200 and denoised with "
-        "the 'pcp' strategy. Not a clinical tool. Trained on ages 7-64 (mostly children and "
-        "young adults; autism and controls): predictions for adults over 30, from other "
-        "preprocessing, or flagged out_of_distribution are less reliable."
-    )
     card["training"]["cohort"] = cohort_info
+    card["intended_use"] = intended_use(card)
     card["training"]["participants_tsv"] = "ABIDE I PCP phenotype (AGE_AT_SCAN, PIQ)"
     card["training"]["init"] = "LMAE pretraining on the same training subjects (no labels)"
     card["preprocessing"] = PREPROCESSING
@@ -316,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_subjects": int(keep.sum()), "n_sites": len(set(cohort.sites[keep].tolist())),
         "sites": sorted(set(cohort.sites[keep].tolist())),
         "age_range": [float(ages.min()), float(ages.max())],
+        "n_age_30_or_older": int((ages >= 30).sum()),
         "n_with_piq": int(np.isfinite(cohort.targets[keep, 1]).sum()),
         "held_out_file_ids": list(HOLDOUT_FILE_IDS),
         "demo_file_ids": list(DEMO_FILE_IDS),

@@ -178,6 +178,13 @@ def bandpass_cutoffs(sidecar: Mapping[str, Any]) -> tuple[float | None, float | 
     return found.get("High-pass cutoff (Hz)"), found.get("Low-pass cutoff (Hz)")
 
 
+def reliability_columns(target: str) -> list[str]:
+    """A target's per-row reliability columns in predictions tables: ``<target>_reliable``
+    (from the card's reliable range) and ``<target>_expected_mae`` (the held-out MAE of the
+    band the prediction falls in)."""
+    return [f"{target}_reliable", f"{target}_expected_mae"]
+
+
 def build_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
     """Compose a BIDS file name from entities in the schema's order (:func:`entity_order`).
 

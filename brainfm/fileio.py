@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from brainfm.errors import InputError, UsageError
@@ -166,7 +167,15 @@ def write_tsv_atomic(path: str | Path, table: pd.DataFrame, *, index: bool = Fal
     """Write a table as BIDS TSV (``n/a`` for missing values) atomically.
 
     ``float_format`` (e.g. ``"%.6g"``) shortens long float columns such as time series.
+    Flags (columns of booleans, with or without missing values) are written ``true``/``false``.
     """
+    table = table.copy()
+    for col in table.columns:
+        if table[col].dtype.kind not in "bO":
+            continue
+        known = table[col].dropna()
+        if len(known) and known.map(lambda v: isinstance(v, (bool, np.bool_))).all():
+            table[col] = table[col].map(lambda v: v if pd.isna(v) else ("true" if v else "false"))
     text = table.to_csv(sep="\t", index=index, na_rep="n/a", lineterminator="\n",
                         float_format=float_format)
     return write_text_atomic(path, text)

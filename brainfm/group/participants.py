@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainfm.derivatives import reliability_columns
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_tsv
-from brainfm.group.read_outputs import NA, present_intervals, reliability_columns
+from brainfm.group.read_outputs import NA, present_intervals
 
 LOGGER = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from brainfm.derivatives import (
     find_atlas_images,
     incomplete_participants,
     parse_entities,
+    reliability_columns,
 )
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_json, read_tsv
@@ -98,12 +99,6 @@ def present_intervals(table: pd.DataFrame, prefix: str) -> list[str]:
     """The calibrated-interval columns of a target that a table has (``<prefix>_lower90`` ...)."""
     return [c for level in (50, 90) for side in ("lower", "upper")
             if (c := f"{prefix}_{side}{level}") in table]
-
-
-def reliability_columns(target: str) -> list[str]:
-    """The participant level's per-row reliability columns of a target (when its card has
-    a reliable range): ``<target>_reliable`` and ``<target>_expected_mae``."""
-    return [f"{target}_reliable", f"{target}_expected_mae"]
 
 
 def as_flag(values: Any) -> pd.Series:

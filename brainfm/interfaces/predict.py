@@ -89,7 +89,8 @@ def target_column_descriptions(card: dict[str, Any]) -> dict[str, dict[str, str]
 
 def _prediction_columns(card: dict[str, Any]) -> list[str]:
     """Value columns of a predictions row: each target, its std and (ensembles) intervals."""
-    from brainfm.models.ensemble import interval_columns, reliability_columns
+    from brainfm.derivatives import reliability_columns
+    from brainfm.models.ensemble import interval_columns
 
     reliable = {t["name"] for t in (card.get("ensemble") or {}).get("targets") or []
                 if "reliable" in t}

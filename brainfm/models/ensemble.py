@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainfm.derivatives import reliability_columns
 from brainfm.errors import InputError
 from brainfm.models.baselines import connectivity_features, correlation_features
 from brainfm.models.calibration import (
@@ -54,11 +55,6 @@ def interval_columns(name: str) -> list[str]:
     """Names of a target's interval columns (``age_lower90``, ``age_upper90``, ...)."""
     return [f"{name}_{side}{int(round(100 * level))}"
             for level in INTERVAL_LEVELS for side in ("lower", "upper")]
-
-
-def reliability_columns(name: str) -> list[str]:
-    """Names of a target's reliability columns (``age_reliable``, ``age_expected_mae``)."""
-    return [f"{name}_reliable", f"{name}_expected_mae"]
 
 
 def session_edges(conn: np.ndarray) -> np.ndarray:

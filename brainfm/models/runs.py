@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 
 from brainfm import __version__
+from brainfm.derivatives import reliability_columns
 from brainfm.errors import InputError, UsageError
 from brainfm.fileio import write_tsv_atomic
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir, save_checkpoint
-from brainfm.models.ensemble import interval_columns, reliability_columns
+from brainfm.models.ensemble import interval_columns
 from brainfm.models.loop import window_length
 from brainfm.models.model import BrainFM, BrainFMConfig
 from brainfm.models.options import TrainOptions

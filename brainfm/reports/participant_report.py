@@ -348,8 +348,9 @@ def _reliable_text(value: Any) -> str:
 
 
 def _range_text(span: Any) -> str:
+    """The card's reliable range in words, completing "The model resolves ..."."""
     if not isinstance(span, list | tuple) or len(span) != 2:
-        return "none"
+        return "no range of this target (none of its held-out predictions were reliable)"
     low, high = span
     if low is None and high is None:
         return "all predictions"

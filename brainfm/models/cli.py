@@ -74,7 +74,10 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
     g.add_argument("--config", metavar="FILE|recommended",
                    help="YAML or TOML file with these options, or 'recommended' (the "
                    "configuration of the shipped default model)")
-    g.add_argument("--atlas", default=S, help="atlas label of the time series (default CC200)")
+    g.add_argument("--atlas", default=S,
+                   help="atlas of the time series: the atlas- label of the files or the "
+                   "name given to brainfm --atlases (Schaefer2018-200 finds atlas-Schaefer200; "
+                   "default CC200)")
     g.add_argument("--device", default=S, help="cpu (default) or cuda[:N]")
     g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
     g.add_argument("--epochs", type=int, default=S, help="maximum epochs (default 40)")

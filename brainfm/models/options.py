@@ -46,7 +46,9 @@ class TrainOptions:
     Attributes
     ----------
     atlas : str
-        Atlas label of the time series (``atlas-`` entity).
+        Atlas of the time series: the ``atlas-`` label of the file names or a built-in atlas
+        name (``Schaefer2018-200`` finds ``atlas-Schaefer200``,
+        :func:`brainfm.atlases.atlas_label`).
     sampling_rate_hz : float
         Common sampling rate of the model inputs.
     epochs : int

@@ -4,16 +4,31 @@ names, and the training cohort (targets and sites) before any training."""
 from __future__ import annotations
 
 import fnmatch
+import logging
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from brainfm.atlases import atlas_label, get_atlas, list_atlases, roi_names
+from brainfm.errors import InputError, UsageError
 from brainfm.models.cli import build_parser, config_path, load_options, read_config_file
+from brainfm.models.cohort_checks import (
+    MAX_AGE,
+    MIN_AGE,
+    MIN_SITES,
+    MIN_SUBJECTS,
+    MONTHS_MEDIAN_AGE,
+    check_sites,
+    check_subject_count,
+    is_age_target,
+    training_targets,
+)
 from brainfm.models.options import RECOMMENDED_CONFIG, RECOMMENDED_CONFIG_NAME, TrainOptions
 from brainfm.models.runs import load_cohort
+from brainfm.models.targets import TargetSpec
 from brainfm.models.timeseries import find_timeseries, write_timeseries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +105,82 @@ def test_brainfm_train_atlas_finds_the_participant_levels_outputs(
     assert opts.atlas == "Schaefer200"  # the model card records the files' label
     assert sessions[0].n_rois == 200
     assert {f.atlas for f in find_timeseries(participant_outputs, "CC200")} == {"CC200"}
+
+
+# --------------------------------------------------------------------------------------------
+# the training cohort (the CLI cases are rows of tests/test_bad_input_matrix.py TRAIN_CASES)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame(ages: list[float], **columns: list[object]) -> pd.DataFrame:
+    index = pd.Index([f"{i:03d}" for i in range(len(ages))], name="participant_id")
+    return pd.DataFrame({"age": np.asarray(ages, dtype=float), **columns}, index=index)
+
+
+AGE = [TargetSpec("age", "age")]
+
+
+def test_age_rules_apply_to_age_by_name_or_column() -> None:
+    assert is_age_target(TargetSpec("age", "AGE")) and is_age_target(TargetSpec("Age", "years"))
+    assert is_age_target(TargetSpec("brain_age", "age"))
+    assert not is_age_target(TargetSpec("fluid_intelligence", "piq"))
+
+
+def test_missing_age_codes_are_dropped_with_one_warning(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    ages = [20.0 + i % 30 for i in range(MIN_SUBJECTS + 3)]
+    ages[:3] = [-9999, -999, -99]
+    frame = _frame(ages, score=[-99.0] * len(ages))
+    ids = list(frame.index)
+    with caplog.at_level(logging.WARNING, logger="brainfm.models"):
+        y = training_targets(frame, ids, [*AGE, TargetSpec("score", "score")], "p.tsv")
+    assert np.isnan(y[:3, 0]).all() and np.isfinite(y[3:, 0]).all()
+    assert (y[:, 1] == -99).all()  # the age rules leave other targets alone
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "p.tsv" in warnings[0] and "no age for 3 of the 43" in warnings[0]
+    assert "sub-000, sub-001, sub-002" in warnings[0]
+    assert frame["age"].iloc[0] == -9999  # the caller's table is not changed
+
+
+def test_possible_ages_are_0_to_120_years() -> None:
+    ages = [30.0] * MIN_SUBJECTS
+    ages[:2] = [MIN_AGE, MAX_AGE]
+    training_targets(_frame(ages), [f"{i:03d}" for i in range(len(ages))], AGE, "p.tsv")
+    for bad in (-0.5, 120.5):
+        ages[5] = bad
+        frame = _frame(ages)
+        with pytest.raises(InputError, match=rf"sub-005: {bad:g}.*write n/a") as exc:
+            training_targets(frame, list(frame.index), AGE, "p.tsv")
+        assert str(exc.value).startswith("p.tsv: column 'age'")
+
+
+def test_months_are_told_by_the_median() -> None:
+    years = [6.0 + (i % 12) for i in range(MIN_SUBJECTS)]  # children, 6 to 17
+    frame = _frame([12 * a for a in years])
+    with pytest.raises(InputError, match="months.*divide the column by 12"):
+        training_targets(frame, list(frame.index), AGE, "p.tsv")
+    assert MONTHS_MEDIAN_AGE == 100
+    # an elderly cohort with one typing error: named as impossible, not read as months
+    elderly = _frame([70.0 + i % 20 for i in range(MIN_SUBJECTS - 1)] + [190.0])
+    with pytest.raises(InputError, match="cannot be ages in years.*sub-039: 190"):
+        training_targets(elderly, list(elderly.index), AGE, "p.tsv")
+
+
+def test_too_few_subjects_counts_participants_not_sessions() -> None:
+    frame = _frame([30.0] * (MIN_SUBJECTS - 1))
+    sessions = [p for p in frame.index for _ in range(2)]  # two sessions each
+    with pytest.raises(InputError, match=f"model: {MIN_SUBJECTS - 1}; at least {MIN_SUBJECTS}"):
+        training_targets(frame, sessions, AGE, "p.tsv")
+    # a known value of any target counts: half know only the first, half only the second
+    y = np.full((MIN_SUBJECTS, 2), np.nan)
+    y[::2, 0], y[1::2, 1] = 1.0, 2.0
+    assert check_subject_count([str(i) for i in range(MIN_SUBJECTS)], y, "p.tsv") == MIN_SUBJECTS
+
+
+def test_ensemble_needs_three_known_sites() -> None:
+    assert check_sites(["A", "B", "C", np.nan], "site", "p.tsv") == MIN_SITES
+    with pytest.raises(UsageError, match=r"'site' of p.tsv names 2 site\(s\) \(A, B\)") as exc:
+        check_sites(["A", "B", None, np.nan, "A"], "site", "p.tsv")
+    assert exc.value.exit_code == 64 and "--site-column" in str(exc.value)
+    assert "brainfm-train finetune" in str(exc.value)

@@ -62,7 +62,7 @@ from brainfm.models.cli import load_options
 from brainfm.models.cross_validation import make_folds
 from brainfm.models.ensemble import interval_columns
 from brainfm.models.loop import regression_metrics
-from brainfm.models.options import TrainOptions
+from brainfm.models.options import RECOMMENDED_CONFIG, TrainOptions
 from brainfm.models.runtime import DistContext, setup
 from brainfm.models.sessions import SessionData
 from brainfm.models.stacking import fit_ensemble
@@ -71,7 +71,8 @@ from brainfm.models.train import finetune, predict_sessions, prediction_card, pr
 
 LOGGER = logging.getLogger("accuracy")
 HERE = Path(__file__).resolve().parent
-DEFAULT_CONFIG = HERE / "configs" / "brainfm.yaml"
+#: The recommended configuration shipped in the package (brainfm/data/configs/brainfm.yaml).
+DEFAULT_CONFIG = RECOMMENDED_CONFIG
 
 #: Targets: model name, participants.tsv column of the imported PCP data, label in the report.
 TARGETS = (TargetSpec("age", "age"), TargetSpec("fluid_intelligence", "piq"))
@@ -795,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=HERE / "results",
                    help="where accuracy.md and accuracy.json go (default: benchmarks/results)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                   help="brainfm training options, YAML (default: benchmarks/configs/brainfm.yaml)")
+                   help="brainfm training options, YAML (default: the recommended configuration, "
+                   "brainfm/data/configs/brainfm.yaml)")
     p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["recipe"],
                    help="brainfm variants in 5-fold CV (default: recipe, what ships; the "

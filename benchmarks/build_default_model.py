@@ -3,7 +3,7 @@
 
 Trains exactly as a user would with ``brainfm-train ensemble`` (LMAE pretraining, site-bagged
 network members for age stacked with ridge members on connectivity, calibrated intervals; see
-``brainfm.models.stacking``), with the options of ``benchmarks/configs/brainfm.yaml``, on the
+``brainfm.models.stacking``), with the options of ``brainfm/data/configs/brainfm.yaml``, on the
 782 ABIDE I PCP subjects minus the twelve of ``HOLDOUT_FILE_IDS``; then completes the model card
 (training cohort, cross-validated accuracy from ``benchmarks/results/accuracy.json``, per-target
 caveats, preprocessing assumptions, the ABIDE non-commercial terms) and ships five held-out

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/model_speed.py [--config benchmarks/configs/brainfm.yaml] [--model DIR]
+    python benchmarks/model_speed.py [--config brainfm/data/configs/brainfm.yaml] [--model DIR]
         [--lengths 64 128 256 512 1024] [--repeats 3] [--threads 1] [--batch 32]
         [--scaling-batch 8] [--attention default|math] [--device cpu] [--json PATH]
         [--markdown PATH]
@@ -66,7 +66,8 @@ from provenance import cpu_name, git_commit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_CONFIG = ROOT / "benchmarks" / "configs" / "brainfm.yaml"
+#: brainfm.models.options.RECOMMENDED_CONFIG (not imported here: brainfm loads after sys.path)
+DEFAULT_CONFIG = ROOT / "brainfm" / "data" / "configs" / "brainfm.yaml"
 DEFAULT_TARGETS = ["age", "fluid_intelligence"]
 TRANSFORMER_HEADS = 4
 

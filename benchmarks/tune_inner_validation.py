@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Score a brainfm configuration on the inner validation split of the first 5-fold training set.
 
-This is how the configuration in ``configs/brainfm.yaml`` was chosen: only the training subjects
-of outer fold 1 (site-stratified 5-fold, seed 0) are used; their inner validation split (the one
-``brainfm-train`` holds out for early stopping) scores the candidates, and kernel ridge and
-ridge regression are fitted on the same inner training subjects for reference. No outer test
-subject is touched.
+This is how the configuration in ``brainfm/data/configs/brainfm.yaml`` was chosen: only the
+training subjects of outer fold 1 (site-stratified 5-fold, seed 0) are used; their inner
+validation split (the one ``brainfm-train`` holds out for early stopping) scores the
+candidates, and kernel ridge and ridge regression are fitted on the same inner training
+subjects for reference. No outer test subject is touched.
 
 Usage (after ``accuracy.py`` has imported the data into its cache)::
 

@@ -129,6 +129,44 @@ _ALIASES: dict[str, str] = {
 }
 
 
+def _atlas_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+#: BIDS ``atlas-`` label of every built-in name and alias, by :func:`_atlas_key`.
+_LABELS: dict[str, str] = {_atlas_key(alias): _SPECS[name].label
+                           for alias, name in _ALIASES.items()}
+
+
+def atlas_label(name: str) -> str:
+    """The BIDS ``atlas-`` label that outputs of an atlas carry in their file names.
+
+    The one mapping from atlas names to labels: the participant level names its outputs with it
+    (``brainfm --atlases Schaefer2018-200`` writes ``atlas-Schaefer200``) and ``brainfm-train
+    --atlas`` finds them with it.
+
+    Parameters
+    ----------
+    name : str
+        A built-in name or alias (``CC200``, ``Schaefer2018-200``, ``Schaefer200`` ...; any
+        case, ``-``/``_`` ignored), or any other label (a user atlas or an imported dataset's,
+        returned unchanged).
+
+    Returns
+    -------
+    str
+        ``CC200``, ``Schaefer200``, ``Schaefer400``, ``Schaefer1000``, or ``name`` stripped.
+
+    Examples
+    --------
+    >>> atlas_label("Schaefer2018-200")
+    'Schaefer200'
+    >>> atlas_label("MyAtlas100")
+    'MyAtlas100'
+    """
+    return _LABELS.get(_atlas_key(name), str(name).strip())
+
+
 def list_atlases() -> list[str]:
     """Names of the built-in atlases accepted by :func:`get_atlas`.
 
@@ -266,7 +304,7 @@ def get_atlas(name: str) -> Atlas:
     licence = ATLAS_DIR / spec.licence
     return Atlas(
         name=spec.name,
-        label=spec.label,
+        label=atlas_label(spec.name),
         space=SPACE,
         image=image,
         labels=labels,

@@ -831,16 +831,113 @@ def test_training_bad_input(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -
 
 def test_finetune_on_too_few_subjects_says_it_has_no_validation(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from toy_cohort import make_toy_cohort
+    """brainfm-train refuses fewer than 40 subjects (TRAIN_CASES); the function still warns."""
+    from toy_cohort import TINY, make_toy_cohort
+
+    from brainfm.models.options import TrainOptions
+    from brainfm.models.runtime import setup
+    from brainfm.models.sessions import load_sessions
+    from brainfm.models.targets import TargetSpec, load_participants, target_matrix
+    from brainfm.models.timeseries import find_timeseries
+    from brainfm.models.train import finetune
 
     toy = tmp_path / "toy"
     make_toy_cohort(toy, 3, seed=1)
+    sessions = load_sessions(find_timeseries(toy, "Toy"))
+    specs = [TargetSpec("age", "age")]
+    y = target_matrix(load_participants(toy / "participants.tsv"),
+                      [s.participant_id for s in sessions], specs)
+    opts = TrainOptions(atlas="Toy", epochs=1, threads=1, model=dict(TINY))
     with caplog.at_level(logging.WARNING, logger="brainfm.models"):
-        code = train_main(["finetune", str(toy), "--atlas", "Toy", "--target", "age",
-                           "--epochs", "1", "--window", "32", "--patch-len", "4",
-                           "-o", str(tmp_path / "o")])
-    assert code == 0
+        finetune(sessions, y, specs, opts, setup(opts))
     assert "none for inner validation" in caplog.text and "3 participant(s)" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def train_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """44 toy subjects (ages 10 to 40, sites S0 to S2): enough to train on."""
+    from toy_cohort import make_toy_cohort
+
+    toy = tmp_path_factory.mktemp("train-cohort") / "toy"
+    make_toy_cohort(toy, 44, seed=1)
+    return toy
+
+
+def _table(toy: Path, tmp: Path, edit: Callable[[pd.DataFrame], None]) -> str:
+    """The cohort's participants.tsv edited into ``tmp`` (the input stays as it is)."""
+    table = pd.read_csv(toy / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    table["age"] = table["age"].astype(object)
+    edit(table)
+    path = tmp / "participants.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+def _set(column: str, values: dict[int, object]) -> Callable[[pd.DataFrame], None]:
+    def edit(table: pd.DataFrame) -> None:
+        for row, value in values.items():
+            table.loc[row, column] = str(value)
+    return edit
+
+
+def _months(table: pd.DataFrame) -> None:
+    table["age"] = [str(round(12 * float(a), 1)) for a in table["age"]]
+
+
+def _sites(n: int) -> Callable[[pd.DataFrame], None]:
+    def edit(table: pd.DataFrame) -> None:
+        table["site"] = [f"S{i % n}" for i in range(len(table))]
+    return edit
+
+
+# Each case: (id, subcommand, edit of participants.tsv, texts the one error (or, exit 0,
+# warning) line must contain besides the file, exit code). The table is passed with
+# --participants-tsv; the cohort has 44 subjects (sub-000 .. sub-043).
+TRAIN_CASES: list[tuple[str, str, Callable[[pd.DataFrame], None], list[str], int]] = [
+    ("age-missing-codes", "finetune",
+     _set("age", {0: -9999, 1: -999, 2: -99, 3: "n/a"}),
+     ["no age for 4 of the 44", "sub-000, sub-001, sub-002, sub-003", "left out"], 0),
+    ("age-negative", "finetune", _set("age", {3: -5}), ["sub-003: -5", "n/a"], 66),
+    ("age-150", "cv", _set("age", {3: 150}), ["sub-003: 150", "0 to 120"], 66),
+    ("ages-in-months", "finetune", _months, ["months", "divide the column by 12"], 66),
+    ("too-few-subjects", "finetune", _set("age", dict.fromkeys(range(12, 44), -9999)),
+     ["too few subjects to train and validate a model: 12; at least 40"], 66),
+    ("ensemble-too-few-subjects", "ensemble", _set("age", dict.fromkeys(range(39, 44), "n/a")),
+     ["too few subjects to train and validate a model: 39; at least 40"], 66),
+    ("ensemble-two-sites", "ensemble", _sites(2),
+     ["'site'", "2 site(s) (S0, S1)", "at least 3", "brainfm-train finetune"], 64),
+]
+
+
+@pytest.mark.parametrize(("command", "edit", "names", "expected"),
+                         [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
+def test_training_cohort_case(train_cohort: Path, tmp_path: Path, command: str, edit,
+                              names: list[str], expected: int,
+                              capfd: pytest.CaptureFixture[str],
+                              caplog: pytest.LogCaptureFixture) -> None:
+    table = _table(train_cohort, tmp_path, edit)
+    before = snapshot(train_cohort)
+    out = tmp_path / "out"
+    caplog.set_level(logging.WARNING, logger="brainfm")
+    no_pretraining = [] if command == "finetune" else ["--pretrain-epochs", "0"]
+    code = train_main([command, str(train_cohort), "--atlas", "Toy", "--target", "age",
+                       "--participants-tsv", table, "--epochs", "1", *no_pretraining,
+                       "--window", "32", "--patch-len", "4", "--d-model", "16",
+                       "--n-experts", "2", "--ssm-layers", "1", "--d-state", "4",
+                       "--threads", "1", "-o", str(out)])
+    if expected:
+        line = assert_contract(capfd, code, expected, "brainfm-train", table, before,
+                               train_cohort)
+        assert all(n in line for n in names), line
+        assert not out.exists()  # refused before any training: nothing written
+        return
+    std_out, err = capfd.readouterr()
+    assert code == 0 and "Traceback" not in std_out + err, err
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and table in r.getMessage()]
+    assert len(warned) == 1 and all(n in warned[0] for n in names), warned
+    assert snapshot(train_cohort) == before
+    assert (out / "model_card.json").is_file()
 
 
 def test_signal_inside_a_finalizer_still_gives_one_line(capfd: pytest.CaptureFixture[str]) -> None:

@@ -1,1 +1,2 @@
-"""Package data: atlases, denoising strategies, default model weights, demo subjects."""
+"""Package data: atlases, denoising strategies, default model weights, demo subjects and the
+recommended training configuration (``configs/brainfm.yaml``)."""

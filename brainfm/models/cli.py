@@ -16,7 +16,9 @@ LMAE pretraining, site-bagged network members for age, a ridge member on connect
 target, stacking and calibrated intervals from held-out-site residuals.
 
 Options can also come from ``--config file.yaml|.toml`` holding the same keys (long option names,
-``-`` or ``_``); options given on the command line win. Errors print
+``-`` or ``_``), or ``--config recommended``, the configuration of the default model shipped in
+the package (:data:`~brainfm.models.options.RECOMMENDED_CONFIG`); options given on the command
+line win. Errors print
 ``brainfm-train: error: <message>`` and exit with the error's code (64 usage, 66 missing input).
 """
 
@@ -69,8 +71,13 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
                        help="derivatives folder(s) with ROI time series")
         p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     g = p.add_argument_group("training")
-    g.add_argument("--config", type=Path, help="YAML or TOML file with these options")
-    g.add_argument("--atlas", default=S, help="atlas label of the time series (default CC200)")
+    g.add_argument("--config", metavar="FILE|recommended",
+                   help="YAML or TOML file with these options, or 'recommended' (the "
+                   "configuration of the shipped default model)")
+    g.add_argument("--atlas", default=S,
+                   help="atlas of the time series: the atlas- label of the files or the "
+                   "name given to brainfm --atlases (Schaefer2018-200 finds atlas-Schaefer200; "
+                   "default CC200)")
     g.add_argument("--device", default=S, help="cpu (default) or cuda[:N]")
     g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
     g.add_argument("--epochs", type=int, default=S, help="maximum epochs (default 40)")
@@ -163,14 +170,36 @@ def _add_targets(p: argparse.ArgumentParser) -> None:
                    help="targets table (default: first DERIV/participants.tsv)")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def config_path(value: str | Path) -> Path:
+    """The file a ``--config`` value names.
+
+    Parameters
+    ----------
+    value : str or Path
+        A file, or the string ``recommended``
+        (:data:`~brainfm.models.options.RECOMMENDED_CONFIG_NAME`; write ``./recommended`` for a
+        file of that name).
+
+    Returns
+    -------
+    Path
+        :data:`~brainfm.models.options.RECOMMENDED_CONFIG` for ``recommended``, else ``value``.
+    """
+    from brainfm.models.options import RECOMMENDED_CONFIG, RECOMMENDED_CONFIG_NAME
+
+    if isinstance(value, str) and value == RECOMMENDED_CONFIG_NAME:
+        return RECOMMENDED_CONFIG
+    return Path(value)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML options file.
 
     Parameters
     ----------
-    path : Path
+    path : str or Path
         ``.yaml``/``.yml`` or ``.toml`` file with option keys (``-`` or ``_``); an optional
-        ``model`` table holds model options.
+        ``model`` table holds model options; or ``recommended`` (:func:`config_path`).
 
     Returns
     -------
@@ -182,6 +211,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     UsageError
         Unknown keys or unreadable file.
     """
+    path = config_path(path)
     if not path.is_file():
         raise UsageError(f"--config {path}: file not found")
     try:
@@ -219,13 +249,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return flat
 
 
-def load_options(path: Path) -> Any:
+def load_options(path: str | Path) -> Any:
     """Training options from a YAML or TOML file (the keys of ``--config``).
 
     Parameters
     ----------
-    path : Path
-        The file.
+    path : str or Path
+        The file, or ``recommended`` (:func:`config_path`).
 
     Returns
     -------
@@ -237,7 +267,7 @@ def load_options(path: Path) -> Any:
     UsageError
         Unknown keys, bad values or an unreadable file.
     """
-    return _options(read_config_file(Path(path)))
+    return _options(read_config_file(path))
 
 
 def _options(values: dict[str, Any]) -> Any:

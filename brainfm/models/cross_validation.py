@@ -16,11 +16,12 @@ import pandas as pd
 
 from brainfm.errors import UsageError
 from brainfm.fileio import write_text_atomic, write_tsv_atomic
+from brainfm.models.cohort_checks import training_targets
 from brainfm.models.loop import regression_metrics
 from brainfm.models.options import TrainOptions
 from brainfm.models.runs import load_cohort, participants_path
 from brainfm.models.runtime import setup
-from brainfm.models.targets import TargetSpec, load_participants, resolve_column, target_matrix
+from brainfm.models.targets import TargetSpec, load_participants, resolve_column
 from brainfm.models.train import finetune, predict_sessions, prediction_card, pretrain
 
 LOGGER = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def run_cv(
         resolve_column(frame, s.column, str(ptsv))
     sessions = load_cohort(deriv_dirs, opts)
     pids = [s.participant_id for s in sessions]
-    y = target_matrix(frame, pids, specs, str(ptsv))
+    y = training_targets(frame, pids, specs, str(ptsv))
     subjects = np.array(sorted(set(pids)), dtype=object)
     if group_col is None:
         groups = np.zeros(subjects.size, dtype=object)

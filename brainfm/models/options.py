@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from brainfm.models.model import BrainFMConfig
@@ -12,6 +14,14 @@ from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ
 #: Head name of pretraining checkpoints (BrainFM needs one target; its head is not trained and
 #: the card lists no targets, so such a checkpoint cannot be used for prediction).
 PRETRAIN_PLACEHOLDER_TARGET = "untrained"
+
+
+#: ``--config`` value that names :data:`RECOMMENDED_CONFIG`.
+RECOMMENDED_CONFIG_NAME = "recommended"
+
+#: The recommended training configuration, shipped in the package: the options of the accuracy
+#: benchmark and of the default model (``brainfm-train --config recommended``).
+RECOMMENDED_CONFIG = Path(str(files("brainfm.data") / "configs" / "brainfm.yaml"))
 
 
 #: BrainFMConfig fields that the data or the task decide (not user model options).
@@ -36,7 +46,9 @@ class TrainOptions:
     Attributes
     ----------
     atlas : str
-        Atlas label of the time series (``atlas-`` entity).
+        Atlas of the time series: the ``atlas-`` label of the file names or a built-in atlas
+        name (``Schaefer2018-200`` finds ``atlas-Schaefer200``,
+        :func:`brainfm.atlases.atlas_label`).
     sampling_rate_hz : float
         Common sampling rate of the model inputs.
     epochs : int

@@ -16,6 +16,7 @@ from brainfm.derivatives import reliability_columns
 from brainfm.errors import InputError, UsageError
 from brainfm.fileio import write_tsv_atomic
 from brainfm.models.checkpoint import load_checkpoint, resolve_model_dir, save_checkpoint
+from brainfm.models.cohort_checks import training_targets
 from brainfm.models.ensemble import interval_columns
 from brainfm.models.loop import window_length
 from brainfm.models.model import BrainFM, BrainFMConfig
@@ -23,7 +24,7 @@ from brainfm.models.options import TrainOptions
 from brainfm.models.predict import predict_subject
 from brainfm.models.runtime import setup
 from brainfm.models.sessions import SessionData, load_sessions
-from brainfm.models.targets import TargetSpec, load_participants, resolve_column, target_matrix
+from brainfm.models.targets import TargetSpec, load_participants, resolve_column
 from brainfm.models.timeseries import DEFAULT_SAMPLING_RATE_HZ, find_timeseries
 from brainfm.models.train import finetune, prediction_card, pretrain
 from brainfm.models.windows import default_stride
@@ -191,8 +192,8 @@ def run_finetune(
     for s in specs:
         resolve_column(frame, s.column, str(ptsv))
     sessions = load_cohort(deriv_dirs, opts)
+    y = training_targets(frame, [s.participant_id for s in sessions], specs, str(ptsv))
     pre = _load_init(init, opts, sessions[0].roi_names) if init is not None else None
-    y = target_matrix(frame, [s.participant_id for s in sessions], specs, str(ptsv))
     model, scaler, info = finetune(sessions, y, specs, opts, ctx, init=pre)
     if not ctx.is_main:
         return None

@@ -482,7 +482,8 @@ def run_ensemble(
         The model folder.
     """
     from brainfm.models.checkpoint import save_checkpoint
-    from brainfm.models.targets import load_participants, resolve_column, target_matrix
+    from brainfm.models.cohort_checks import check_sites, training_targets
+    from brainfm.models.targets import load_participants, resolve_column
 
     if not specs:
         raise UsageError("give at least one --target (e.g. --target age)")
@@ -498,8 +499,10 @@ def run_ensemble(
     if len(set(pids)) != len(pids):
         raise UsageError("the ensemble recipe takes one session per participant; pass "
                          "derivatives with one session each")
-    y = target_matrix(frame, pids, specs, str(ptsv))
-    sites = frame.loc[pids, site_col].astype(str).to_numpy()
+    y = training_targets(frame, pids, specs, str(ptsv))
+    site_of = frame[site_col].reindex(pids)  # NaN for a participant not in the file
+    check_sites(site_of[np.isfinite(y).any(axis=1)].tolist(), site_col, str(ptsv))
+    sites = site_of.astype(str).to_numpy()
     epochs = pretrain_epochs if pretrain_epochs is not None else (
         opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs))
     init = None

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import resample_poly
 
+from brainfm.atlases import atlas_label
 from brainfm.derivatives import parse_entities, strip_prefix
 from brainfm.errors import InputError
 from brainfm.fileio import write_json_atomic, write_tsv_atomic
@@ -103,9 +104,9 @@ def find_timeseries(
     deriv_dirs : path or sequence of paths
         Derivatives folders (each holding ``sub-*/[ses-*/]func/*_timeseries.tsv``).
     atlas : str
-        Atlas label as in the ``atlas-`` entity (``CC200``, ``Schaefer200`` ...); matched
-        case-insensitively and ignoring ``-``/``_`` (so ``Schaefer2018-200`` is not
-        ``Schaefer200``: pass the BIDS label).
+        Atlas label as in the ``atlas-`` entity (``CC200``, ``Schaefer200`` ...) or a built-in
+        atlas name (``Schaefer2018-200``, mapped by :func:`brainfm.atlases.atlas_label`);
+        matched case-insensitively and ignoring ``-``/``_``.
     participants : iterable of str, optional
         Keep only these participant labels (with or without ``sub-``).
 
@@ -121,7 +122,8 @@ def find_timeseries(
     """
     if isinstance(deriv_dirs, (str, Path)):
         deriv_dirs = [deriv_dirs]
-    wanted_atlas = _normalise_atlas(atlas)
+    label = atlas_label(atlas)
+    wanted_atlas = _normalise_atlas(label)
     keep = None if participants is None else {strip_prefix(p, "sub-") for p in participants}
     found: list[RunFile] = []
     seen_atlases: set[str] = set()
@@ -155,8 +157,9 @@ def find_timeseries(
     if not found:
         where = ", ".join(str(d) for d in deriv_dirs)
         other = f" (atlases present: {', '.join(sorted(seen_atlases))})" if seen_atlases else ""
+        asked = f" (atlas {atlas})" if label != str(atlas).strip() else ""
         raise InputError(
-            f"no '*_atlas-{atlas}{TIMESERIES_SUFFIX}' files found under {where}{other}; "
+            f"no '*_atlas-{label}{TIMESERIES_SUFFIX}' files{asked} found under {where}{other}; "
             "run the participant level or brainfm-import first, or pick another --atlas"
         )
     return found

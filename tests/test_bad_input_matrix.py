@@ -898,7 +898,7 @@ TRAIN_CASES: list[tuple[str, str, Callable[[pd.DataFrame], None], list[str], int
      _set("age", {0: -9999, 1: -999, 2: -99, 3: "n/a"}),
      ["no age for 4 of the 44", "sub-000, sub-001, sub-002, sub-003", "left out"], 0),
     ("age-negative", "finetune", _set("age", {3: -5}), ["sub-003: -5", "n/a"], 66),
-    ("age-150", "cv", _set("age", {3: 150}), ["sub-003: 150", "0 to 120"], 66),
+    ("age-150", "cv", _set("age", {3: 150}), ["sub-003: 150", "0 < age < 120"], 66),
     ("ages-in-months", "finetune", _months, ["months", "divide the column by 12"], 66),
     ("too-few-subjects", "finetune", _set("age", dict.fromkeys(range(12, 44), -9999)),
      ["too few subjects to train and validate a model: 12; at least 40"], 66),

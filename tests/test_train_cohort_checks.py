@@ -12,15 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainfm.ages import MAX_AGE, MONTHS_MEDIAN_AGE
 from brainfm.atlases import atlas_label, get_atlas, list_atlases, roi_names
 from brainfm.errors import InputError, UsageError
 from brainfm.models.cli import build_parser, config_path, load_options, read_config_file
 from brainfm.models.cohort_checks import (
-    MAX_AGE,
-    MIN_AGE,
     MIN_SITES,
     MIN_SUBJECTS,
-    MONTHS_MEDIAN_AGE,
     check_sites,
     check_subject_count,
     is_age_target,
@@ -143,11 +141,11 @@ def test_missing_age_codes_are_dropped_with_one_warning(caplog: pytest.LogCaptur
     assert frame["age"].iloc[0] == -9999  # the caller's table is not changed
 
 
-def test_possible_ages_are_0_to_120_years() -> None:
+def test_possible_ages_lie_between_0_and_120_years() -> None:
     ages = [30.0] * MIN_SUBJECTS
-    ages[:2] = [MIN_AGE, MAX_AGE]
+    ages[:2] = [0.1, MAX_AGE - 0.1]
     training_targets(_frame(ages), [f"{i:03d}" for i in range(len(ages))], AGE, "p.tsv")
-    for bad in (-0.5, 120.5):
+    for bad in (-0.5, 0.0, MAX_AGE, 120.5):  # the group level's rules (brainfm.ages)
         ages[5] = bad
         frame = _frame(ages)
         with pytest.raises(InputError, match=rf"sub-005: {bad:g}.*write n/a") as exc:

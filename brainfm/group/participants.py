@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainfm.ages import MAX_AGE, MISSING_AGE_CODES, impossible_ages, looks_like_months
 from brainfm.derivatives import reliability_columns
 from brainfm.errors import InputError
 from brainfm.fileio import ID_COLUMNS, read_tsv
@@ -77,19 +78,9 @@ def read_participants(path: str | Path, numeric_columns: list[str],
     return table
 
 
-#: Numbers that datasets commonly write for an unknown value; read as missing (with a warning).
-MISSING_CODES = (-9999.0, -999.0)
-
-#: Ages (years) a participant can have: above 0 and below this.
-MAX_AGE = 120.0
-
-#: A cohort whose median "age" exceeds this many years is taken to be in months.
-MONTHS_MEDIAN = 100.0
-
-
 def replace_missing_codes(table: pd.DataFrame, columns: list[str], path: str | Path
                           ) -> pd.DataFrame:
-    """Read the documented missing codes (:data:`MISSING_CODES`) of numeric columns as n/a.
+    """Read the missing codes (:data:`~brainfm.ages.MISSING_AGE_CODES`) of numeric columns as n/a.
 
     One warning line names the file, the column and the participants.
 
@@ -111,7 +102,7 @@ def replace_missing_codes(table: pd.DataFrame, columns: list[str], path: str | P
     for col in columns:
         if col not in table:
             continue
-        coded = table[col].isin(MISSING_CODES)
+        coded = table[col].isin(MISSING_AGE_CODES)
         if coded.any():
             ids = table.loc[coded, "participant_id"].tolist()
             LOGGER.warning("%s: column '%s' holds the missing code(s) %s for %d participant(s), "
@@ -137,8 +128,8 @@ def check_ages(table: pd.DataFrame, column: str, path: str | Path) -> None:
     Raises
     ------
     InputError
-        Ages at or below 0 or at or above :data:`MAX_AGE` years (naming the participants), or
-        a cohort whose median age exceeds :data:`MONTHS_MEDIAN` (ages in months).
+        Ages that :func:`~brainfm.ages.impossible_ages` refuses (naming the participants), or
+        a column that :func:`~brainfm.ages.looks_like_months`.
     """
     if column not in table:
         return
@@ -150,17 +141,17 @@ def check_ages(table: pd.DataFrame, column: str, path: str | Path) -> None:
         return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10
                                         else "")
 
-    if known.any() and float(np.median(ages[known])) > MONTHS_MEDIAN:
+    if looks_like_months(ages):
         raise InputError(
             f"{path}: column '{column}' has a median of {np.median(ages[known]):g} "
             f"({named(known)}): these look like ages in months; participants.tsv ages must be "
             "in years (divide the column by 12)")
-    bad = known & ((ages <= 0) | (ages >= MAX_AGE))
+    bad = impossible_ages(ages)
     if bad.any():
         raise InputError(
             f"{path}: column '{column}' holds values that cannot be ages in years "
             f"(0 < age < {MAX_AGE:g}): {named(bad)}. Correct them, or write n/a (or "
-            f"{'/'.join(f'{v:g}' for v in MISSING_CODES)}) for unknown ages.")
+            f"{'/'.join(f'{v:g}' for v in MISSING_AGE_CODES)}) for unknown ages.")
 
 
 def target_truth_columns(sidecars: list[dict], targets: list[str]) -> dict[str, str]:

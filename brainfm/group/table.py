@@ -59,7 +59,7 @@ def load_participants(bids_dir: str | Path | None, targets: list[str],
                       age_column: str = "age") -> pd.DataFrame | None:
     """Read ``bids_dir/participants.tsv`` when it exists, checking its numeric columns.
 
-    The missing codes (:data:`~brainfm.group.participants.MISSING_CODES`) of the numeric
+    The missing codes (:data:`~brainfm.ages.MISSING_AGE_CODES`) of the numeric
     columns are read as n/a with one warning each; the ages must then be ages in years
     (:func:`~brainfm.group.participants.check_ages`).
 

@@ -4,15 +4,14 @@
 :func:`training_targets`, which refuses a cohort that cannot give a useful model before any
 training starts (one error naming ``participants.tsv``, the participants and the fix):
 
-- **Age targets** (a target named ``age`` or read from a column ``age``, any case): the missing
-  codes :data:`MISSING_AGE_CODES`, ``n/a`` and empty cells are unknown ages, left out of the age
-  target with one warning line naming how many participants and which; ages below
-  :data:`MIN_AGE` or above :data:`MAX_AGE` years cannot be ages (:class:`InputError`); a cohort
-  whose median known age exceeds :data:`MONTHS_MEDIAN_AGE` was written in months
-  (:class:`InputError`: divide by 12). The median rule is the group level's
-  (:data:`brainfm.group.participants.MONTHS_MEDIAN`): no cohort of people has a median age over
-  100 years, while one typing error in an elderly cohort (a single 190) is named as an
-  impossible age rather than read as months.
+- **Age targets** (a target named ``age`` or read from a column ``age``, any case), with the
+  rules of :mod:`brainfm.ages` that the group level applies too: the missing codes
+  (:data:`~brainfm.ages.MISSING_AGE_CODES`), ``n/a`` and empty cells are unknown ages, left out
+  of the age target with one warning line naming how many participants and which; values at or
+  below 0 or at or above :data:`~brainfm.ages.MAX_AGE` cannot be ages in years
+  (:class:`InputError`); a column whose median known age exceeds
+  :data:`~brainfm.ages.MONTHS_MEDIAN_AGE` was written in months (:class:`InputError`: divide by
+  12).
 - **Cohort size**: fewer than :data:`MIN_SUBJECTS` participants with time series and a known
   value of some target cannot be both trained on and validated (:class:`InputError`).
 
@@ -28,22 +27,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from brainfm.ages import MAX_AGE, MISSING_AGE_CODES, impossible_ages, looks_like_months
 from brainfm.errors import InputError, UsageError
 from brainfm.models.targets import TargetSpec, resolve_column, target_matrix
 
 LOGGER = logging.getLogger(__name__)
-
-#: Numbers that datasets write for an unknown age; read as missing, like ``n/a`` and empty cells.
-MISSING_AGE_CODES = (-9999.0, -999.0, -99.0)
-
-#: Youngest possible age in years (younger is impossible).
-MIN_AGE = 0.0
-
-#: Oldest possible age in years (older is impossible).
-MAX_AGE = 120.0
-
-#: A cohort whose median known age exceeds this many "years" has its ages in months.
-MONTHS_MEDIAN_AGE = 100.0
 
 #: Fewest participants with a known target that can be trained on and validated.
 MIN_SUBJECTS = 40
@@ -105,26 +93,26 @@ def clean_ages(frame: pd.DataFrame, participant_ids: Sequence[str], column: str,
     Raises
     ------
     InputError
-        The median known age exceeds :data:`MONTHS_MEDIAN_AGE` (months), or ages below
-        :data:`MIN_AGE` or above :data:`MAX_AGE`.
+        The column looks like months (:func:`~brainfm.ages.looks_like_months`), or holds
+        values that :func:`~brainfm.ages.impossible_ages` refuses.
     """
     frame = frame.copy()
     frame.loc[frame[column].isin(MISSING_AGE_CODES), column] = np.nan
     ids = list(dict.fromkeys(str(p) for p in participant_ids))
     ages = frame[column].reindex(ids)
     known = ages.dropna()
-    median = float(known.median()) if not known.empty else 0.0
-    if median > MONTHS_MEDIAN_AGE:
+    if looks_like_months(known):
+        median = float(known.median())
         examples = [f"sub-{p}: {v:g}" for p, v in known.items()][:5]
         raise InputError(
             f"{source}: column '{column}' has a median of {median:g} over {len(known)} "
             f"participants ({', '.join(examples)} ...): these look like ages in months; "
             "brainfm-train needs ages in years (divide the column by 12)")
-    bad = known[(known < MIN_AGE) | (known > MAX_AGE)]
+    bad = known[impossible_ages(known)]
     if not bad.empty:
         raise InputError(
             f"{source}: column '{column}' holds {len(bad)} value(s) that cannot be ages in "
-            f"years ({MIN_AGE:g} to {MAX_AGE:g}): "
+            f"years (0 < age < {MAX_AGE:g}): "
             f"{_named([f'sub-{p}: {v:g}' for p, v in bad.items()])}; correct them, or write "
             "n/a for unknown ages")
     unknown = [f"sub-{p}" for p in ages.index[ages.isna()]]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from brainfm.models.age_bands import DEFAULT_EDGES, balanced_weights, band_labels
+from brainfm.models.evaluation import interval_coverage
 
 #: Age bands of the report (years): label -> [low, high) (brainfm.models.age_bands).
 AGE_BANDS = dict(zip(band_labels(DEFAULT_EDGES),
@@ -63,6 +64,8 @@ def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndar
              upper: np.ndarray) -> dict[str, Any]:
     """Share of true values inside ``[lower, upper]``, overall and per age band.
 
+    The cohort-indexed form of :func:`brainfm.models.evaluation.interval_coverage` (its home).
+
     Parameters
     ----------
     truth : ndarray
@@ -79,20 +82,7 @@ def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndar
     dict
         ``all`` and each band: ``coverage`` and ``n``; plus the median interval ``width``.
     """
-    y = truth[idx]
-    ok = np.isfinite(y) & np.isfinite(lower) & np.isfinite(upper)
-    inside = (y >= lower) & (y <= upper)
-    a = age[idx]
-
-    def entry(mask: np.ndarray) -> dict[str, Any]:
-        m = mask & ok
-        return {"n": int(m.sum()), "coverage": float(inside[m].mean()) if m.any() else None,
-                "median_width": float(np.median((upper - lower)[m])) if m.any() else None}
-
-    out = {"all": entry(np.ones_like(ok))}
-    for band, (lo, hi) in AGE_BANDS.items():
-        out[band] = entry((a >= lo) & (a < hi))
-    return out
+    return interval_coverage(truth[idx], lower, upper, age[idx], DEFAULT_EDGES)
 
 
 def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,

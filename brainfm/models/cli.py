@@ -52,7 +52,8 @@ for _f in dataclasses.fields(BrainFMConfig):
         _MODEL_KEYS[_f.name] = {"int": int, "float": float, "bool": bool}.get(str(_f.type), str)
 #: Command-specific keys a config file may hold.
 _OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol",
-               "members", "site_column", "exclude"}
+               "members", "site_column", "exclude", "recipe", "name", "license", "terms",
+               "target_note"}
 
 
 def _bool(text: str) -> bool:
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LMAE epochs (default --epochs; 0 = no pretraining)")
     ens.add_argument("--exclude", nargs="+", default=argparse.SUPPRESS, metavar="LABEL",
                      help="participants to leave out of training")
+    _add_card_options(ens)
     prd = sub.add_parser("predict", help="predict with a trained model")
     prd.add_argument("deriv", nargs="+", type=Path, metavar="DERIV")
     prd.add_argument("--model", required=True, help="checkpoint folder or 'default'")
@@ -160,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     prd.add_argument("--participant-label", nargs="+", default=None,
                      help="only these participants (with or without sub-)")
     return parser
+
+
+def _add_card_options(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("model card (brainfm.models.model_card)")
+    c.add_argument("--name", default=argparse.SUPPRESS, help="model name on the card")
+    c.add_argument("--license", default=argparse.SUPPRESS,
+                   help="licence of the weights (e.g. inherited from the training data)")
+    c.add_argument("--terms", default=argparse.SUPPRESS,
+                   help="terms of use and credits, in full")
+    c.add_argument("--target-note", dest="target_note", action="append",
+                   default=argparse.SUPPRESS, metavar="TARGET=TEXT",
+                   help="plain-words caveat of a target shown beside its predictions "
+                   "(repeatable)")
 
 
 def _add_targets(p: argparse.ArgumentParser) -> None:
@@ -366,15 +381,20 @@ def _run(args: argparse.Namespace) -> int:
         run_finetune(args.deriv, args.output, specs, opts, init=values.get("init"),
                            participants_tsv=ptsv)
     elif args.command == "ensemble":
+        from brainfm.models.model_card import CardInfo, parse_target_notes
         from brainfm.models.stacking import RecipeOptions, run_ensemble
 
-        members = int(values.get("members", 3))
-        if members < 2:
-            raise UsageError("--members must be >= 2 (each member holds out other sites)")
+        members = _members(values)
+        notes = values.get("target_note") or []
+        card_info = CardInfo(
+            name=values.get("name"), license=values.get("license"), terms=values.get("terms"),
+            target_notes=parse_target_notes([notes] if isinstance(notes, str) else notes,
+                                            [s.name for s in specs]))
         run_ensemble(args.deriv, args.output, specs, opts,
                      pretrain_epochs=values.get("pretrain_epochs"),
                      site_column=str(values.get("site_column", "site")), participants_tsv=ptsv,
-                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members))
+                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members),
+                     card_info=card_info)
     else:
         group = values.get("group_by", "site")
         group = None if group is None or str(group).lower() == "none" else str(group)
@@ -382,6 +402,13 @@ def _run(args: argparse.Namespace) -> int:
                      group_by=group, protocol=str(values.get("protocol", "stratified-kfold")),
                      participants_tsv=ptsv)
     return 0
+
+
+def _members(values: dict[str, Any]) -> int:
+    members = int(values.get("members", 3))
+    if members < 2:
+        raise UsageError("--members must be >= 2 (each member holds out other sites)")
+    return members
 
 
 if __name__ == "__main__":

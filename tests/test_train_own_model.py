@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from toy_cohort import TINY, make_toy_cohort
 
@@ -21,6 +23,7 @@ from brainfm.models.model_card import (
     not_predictable_note,
     parse_target_notes,
 )
+from brainfm.models.recipe_cv import MODELS, SUMMARY_COLUMNS
 
 #: Tiny-model options of every CLI call (1 epoch).
 TINY_FLAGS = ["--atlas", "Toy", "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "16",
@@ -125,3 +128,35 @@ def test_own_model_card_is_complete(toy: Path, tmp_path: Path, single_torch_thre
     # an unknown target of --target-note is a usage error (exit 64), before any training
     assert main(["ensemble", str(toy), *TINY_FLAGS, "--target", "age", "--target-note", "iq=x",
                  "-o", str(tmp_path / "bad")]) == 64
+
+
+def test_cv_recipe_ensemble_leaves_sites_out_with_baselines(
+        toy: Path, tmp_path: Path, single_torch_thread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cv"
+    assert main(["cv", str(toy), *TINY_FLAGS, "--target", "age", "--target", "noise",
+                 "--protocol", "leave-group-out", "--group-by", "site", "-o", str(out)]) == 0
+    results = json.loads((out / "cv_results.json").read_text())
+    assert results["recipe"] == "ensemble" and results["folds"] == 4
+    assert [f["test_groups"] for f in results["per_fold"]] == [["S0"], ["S1"], ["S2"], ["S3"]]
+    age = results["targets"]["age"]
+    assert set(age) == set(MODELS)
+    preds = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert len(preds) == 24 and sorted(preds["fold"].unique()) == [1, 2, 3, 4]
+    # the headline is the pooled out-of-fold MAE, not the mean of the fold MAEs
+    pooled = float(np.mean(np.abs(preds["age"] - preds["age_true"])))
+    assert age["recipe"]["pooled"]["mae"] == pytest.approx(pooled, rel=1e-4)
+    ridge = float(np.mean(np.abs(preds["age_ridge"] - preds["age_true"])))
+    assert age["ridge"]["pooled"]["mae"] == pytest.approx(ridge, rel=1e-4)
+    assert len(age["recipe"]["fold_spread"]["mae"]["per_fold"]) == 4
+    assert [b["band"] for b in age["recipe"]["bands"]] == ["<13", "13-18", "18-30", ">=30"]
+    assert age["recipe"]["balanced_mae"] is not None
+    assert 0 <= age["recipe"]["coverage_90"]["all"]["coverage"] <= 1
+    assert "coverage_90" not in age["ridge"]
+    # the training mean of each fold is what its training subjects average
+    assert preds.groupby("fold")["age_training_mean"].nunique().eq(1).all()
+    summary = pd.read_csv(out / "cv_summary.tsv", sep="\t")
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert len(summary) == 2 * len(MODELS)
+    printed = capsys.readouterr().out
+    assert "recipe ensemble, leave-group-out, 4 folds" in printed and "krr" in printed

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                     default=argparse.SUPPRESS, help="default stratified-kfold")
     cv.add_argument("--pretrain-epochs", type=int, default=argparse.SUPPRESS,
                     help="LMAE epochs inside each fold (default --epochs; 0 = no pretraining)")
+    cv.add_argument("--recipe", choices=["ensemble", "network"], default=argparse.SUPPRESS,
+                    help="ensemble (default): the deployed recipe of 'ensemble', with ridge, "
+                    "kernel ridge and training-mean baselines on the same folds; network: the "
+                    "single network")
+    cv.add_argument("--members", type=int, default=argparse.SUPPRESS,
+                    help="--recipe ensemble: network members = inner site folds (default 3)")
     ens = sub.add_parser("ensemble", help="the shipped recipe: site-bagged members stacked "
                          "with a linear member, calibrated intervals")
     _add_common(ens)
@@ -398,9 +404,19 @@ def _run(args: argparse.Namespace) -> int:
     else:
         group = values.get("group_by", "site")
         group = None if group is None or str(group).lower() == "none" else str(group)
-        run_cv(args.deriv, args.output, specs, opts, n_folds=int(values.get("folds", 5)),
-                     group_by=group, protocol=str(values.get("protocol", "stratified-kfold")),
-                     participants_tsv=ptsv)
+        folds, protocol = int(values.get("folds", 5)), str(values.get("protocol",
+                                                                      "stratified-kfold"))
+        if str(values.get("recipe", "ensemble")) == "network":
+            run_cv(args.deriv, args.output, specs, opts, n_folds=folds, group_by=group,
+                   protocol=protocol, participants_tsv=ptsv)
+        else:
+            from brainfm.models.recipe_cv import run_recipe_cv, summary_text
+            from brainfm.models.stacking import RecipeOptions
+
+            report = run_recipe_cv(args.deriv, args.output, specs, opts, n_folds=folds,
+                                   group_by=group, protocol=protocol, participants_tsv=ptsv,
+                                   recipe=RecipeOptions(n_members=_members(values)))
+            print(summary_text(report))
     return 0
 
 

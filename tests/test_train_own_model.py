@@ -122,6 +122,8 @@ def test_own_model_card_is_complete(toy: Path, tmp_path: Path, single_torch_thre
     assert ("noise" in notes) == (noise["mae"] >= noise["training_mean_mae"])
     assert "Not predictable" not in notes["age"]
     shown = model_card_summary(card)
+    assert (shown["Name"], shown["License"]) == ("lab-adults-cc200", "CC BY 4.0")
+    assert shown["Terms"] == "Trained on our lab's data; cite us."
     assert shown["OutOfSiteAccuracy"]["age"]["mae"] is not None
     assert shown["OutOfSiteAccuracy"]["noise"]["training_mean_mae"] is not None
     assert shown["TrainingRange"]["age"] and "ReliableRange" in shown

@@ -140,31 +140,6 @@ def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, grou
             "ci95_sites": [float(v) for v in np.percentile(boot_sites, [2.5, 97.5])]}
 
 
-def correlation_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 2000,
-                   seed: int = 0) -> dict[str, Any]:
-    """Pearson r with bootstrap 95 % CIs over subjects and over sites."""
-    ok = np.isfinite(y) & np.isfinite(pred)
-    y, pred, g = y[ok], pred[ok], np.asarray(groups)[ok]
-    out: dict[str, Any] = {"n": int(y.size), "r": None, "ci95_subjects": None, "ci95_sites": None}
-    if y.size < 4 or pred.std() == 0:
-        return out
-    out["r"] = float(np.corrcoef(y, pred)[0, 1])
-    rng = np.random.default_rng(seed)
-
-    def r_of(s: np.ndarray) -> float:
-        a, b = y[s], pred[s]
-        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
-
-    subj = [r_of(rng.integers(0, y.size, y.size)) for _ in range(n_boot)]
-    names = np.array(sorted(set(g.tolist())))
-    members = [np.flatnonzero(g == name) for name in names]
-    site = [r_of(np.concatenate([members[i] for i in rng.integers(0, names.size, names.size)]))
-            for _ in range(n_boot)]
-    out["ci95_subjects"] = [float(v) for v in np.nanpercentile(subj, [2.5, 97.5])]
-    out["ci95_sites"] = [float(v) for v in np.nanpercentile(site, [2.5, 97.5])]
-    return out
-
-
 def share_by_band(age: np.ndarray, idx: np.ndarray, flag: np.ndarray) -> dict[str, Any]:
     """Share of subjects with a true flag, overall and per band of true age (NaN flags skipped)."""
     a = age[idx]

@@ -82,6 +82,14 @@ def test_complete_card_adds_caveat_where_the_training_mean_is_as_good() -> None:
     summary = card["metrics"]["leave_site_out_summary"]
     assert summary["age"]["coverage_90"] == 0.9 and summary["iq"]["coverage_90"] is None
     assert summary["iq"]["training_mean_mae"] == 12.5
+    # a better MAE than the training mean, but a correlation interval through 0: a caveat too
+    card["targets"] = [{"name": "age"}, {"name": "iq"}]
+    card["metrics"]["inner_out_of_site"]["iq"]["final"] = part(12.0)
+    complete_card(card, CardInfo(), {}, [["A"], ["B"]],
+                  {"iq": {"ci95": [-0.05, 0.2], "over": "subjects"}})
+    assert "(95 % CI over subjects -0.05 to 0.20)" in card["targets"][1]["note"]
+    assert summary is not card["metrics"]["leave_site_out_summary"]
+    assert card["metrics"]["leave_site_out_summary"]["iq"]["r_ci95"] == [-0.05, 0.2]
 
 
 def test_evaluation_pools_folds_and_splits_bands() -> None:
@@ -119,7 +127,9 @@ def test_own_model_card_is_complete(toy: Path, tmp_path: Path, single_torch_thre
     assert notes["age"].endswith("Trained on adults only.")
     # the automatic caveat appears exactly where the model does not beat the training mean
     noise = summary["noise"]
-    assert ("noise" in notes) == (noise["mae"] >= noise["training_mean_mae"])
+    assert noise["r_ci95_over"] == "subjects"  # 4 sites: too few to resample sites
+    assert ("noise" in notes) == (noise["mae"] >= noise["training_mean_mae"]
+                                  or noise["r_ci95"][0] <= 0)
     assert "Not predictable" not in notes["age"]
     shown = model_card_summary(card)
     assert (shown["Name"], shown["License"]) == ("lab-adults-cc200", "CC BY 4.0")

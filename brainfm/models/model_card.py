@@ -105,7 +105,7 @@ def not_predictable(mae: float, mean_mae: float,
 
 
 def not_predictable_note(label: str, mae: float, mean_mae: float, r: float | None = None,
-                         r_ci: Sequence[float] | None = None) -> str:
+                         r_ci: Sequence[float] | None = None, ci_over: str = "sites") -> str:
     """The plain-words caveat of a target the model does not predict out of site.
 
     Parameters
@@ -117,7 +117,9 @@ def not_predictable_note(label: str, mae: float, mean_mae: float, r: float | Non
     r : float, optional
         Out-of-site correlation (left out when undefined).
     r_ci : sequence of float, optional
-        Its 95 % interval over sites.
+        Its 95 % interval.
+    ci_over : str
+        What the interval's bootstrap resampled (``sites`` or ``subjects``).
 
     Returns
     -------
@@ -131,8 +133,37 @@ def not_predictable_note(label: str, mae: float, mean_mae: float, r: float | Non
     if _finite(r):
         text += f", r {float(r):.2f}"
         if r_ci:
-            text += f" (95 % CI over sites {r_ci[0]:.2f} to {r_ci[1]:.2f})"
+            text += f" (95 % CI over {ci_over} {r_ci[0]:.2f} to {r_ci[1]:.2f})"
     return text + ". Do not interpret individual values."
+
+
+#: Fewest sites for a bootstrap over sites (with fewer, the interval resamples subjects).
+MIN_SITES_FOR_SITE_CI = 5
+
+
+def oof_correlation_ci(y_true: Any, y_pred: Any, sites: Any) -> dict[str, Any]:
+    """95 % bootstrap interval of an out-of-fold correlation, over sites where there are enough.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n,)
+        Known values and out-of-fold predictions.
+    sites : array-like of shape (n,)
+        Site of each subject.
+
+    Returns
+    -------
+    dict
+        ``ci95`` ([low, high] or None) and ``over`` (``sites`` with at least
+        :data:`MIN_SITES_FOR_SITE_CI` sites, else ``subjects``).
+    """
+    from brainfm.models.evaluation import correlation_ci
+
+    sites = np.asarray(sites).astype(str)
+    res = correlation_ci(np.asarray(y_true, dtype=np.float64),
+                         np.asarray(y_pred, dtype=np.float64), sites)
+    over = "sites" if len(set(sites.tolist())) >= MIN_SITES_FOR_SITE_CI else "subjects"
+    return {"ci95": res[f"ci95_{over}"], "over": over}
 
 
 def inner_folds_are_sites(inner_folds: Sequence[Sequence[str]]) -> bool:
@@ -153,7 +184,8 @@ def inner_folds_are_sites(inner_folds: Sequence[Sequence[str]]) -> bool:
 
 
 def out_of_site_summary(inner: Mapping[str, Any], coverage_90: Mapping[str, float | None],
-                        site_folds: bool) -> dict[str, dict[str, Any]]:
+                        site_folds: bool, r_ci: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> dict[str, dict[str, Any]]:
     """``metrics.leave_site_out_summary`` from the recipe's inner out-of-fold metrics.
 
     Parameters
@@ -165,12 +197,14 @@ def out_of_site_summary(inner: Mapping[str, Any], coverage_90: Mapping[str, floa
         Cross-fitted 90 % interval coverage of the out-of-fold predictions per target.
     site_folds : bool
         Whether the inner folds were whole sites (:func:`inner_folds_are_sites`).
+    r_ci : mapping, optional
+        Per target, :func:`oof_correlation_ci`.
 
     Returns
     -------
     dict
-        Per target ``mae``, ``r``, ``coverage_90``, ``training_mean_mae``, ``n`` and
-        ``protocol`` (where the numbers come from).
+        Per target ``mae``, ``r``, ``coverage_90``, ``training_mean_mae``, ``n``, ``r_ci95``
+        and ``r_ci95_over`` (with ``r_ci``) and ``protocol`` (where the numbers come from).
     """
     protocol = ("out-of-fold predictions of the recipe's inner folds of whole sites on its "
                 "training cohort (each subject predicted by members that never saw its site)"
@@ -184,6 +218,9 @@ def out_of_site_summary(inner: Mapping[str, Any], coverage_90: Mapping[str, floa
                      "coverage_90": _clean(coverage_90.get(name)),
                      "training_mean_mae": _clean(parts["training_mean"].get("mae")),
                      "n": int(final.get("n", 0)), "protocol": protocol}
+        if r_ci and name in r_ci:
+            out[name]["r_ci95"] = r_ci[name]["ci95"]
+            out[name]["r_ci95_over"] = r_ci[name]["over"]
     return out
 
 
@@ -192,11 +229,12 @@ def _clean(value: Any) -> float | None:
 
 
 def complete_card(card: dict[str, Any], info: CardInfo, coverage_90: Mapping[str, float | None],
-                  inner_folds: Sequence[Sequence[str]]) -> dict[str, Any]:
+                  inner_folds: Sequence[Sequence[str]],
+                  r_ci: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Fill an own ensemble's card with its name, terms, out-of-site accuracy and caveats.
 
-    A target whose out-of-fold MAE is not lower than the training mean's gets
-    :func:`not_predictable_note` before any note of ``info``.
+    A target whose out-of-fold MAE is not lower than the training mean's, or whose correlation
+    interval reaches 0, gets :func:`not_predictable_note` before any note of ``info``.
 
     Parameters
     ----------
@@ -208,6 +246,8 @@ def complete_card(card: dict[str, Any], info: CardInfo, coverage_90: Mapping[str
         Cross-fitted 90 % coverage of the out-of-fold predictions per target.
     inner_folds : sequence of sequence of str
         Sites of each inner fold (the ensemble's ``inner_folds``).
+    r_ci : mapping, optional
+        Per target, the interval of the out-of-fold correlation (:func:`oof_correlation_ci`).
 
     Returns
     -------
@@ -219,15 +259,17 @@ def complete_card(card: dict[str, Any], info: CardInfo, coverage_90: Mapping[str
             card[key] = getattr(info, key)
     inner = card["metrics"]["inner_out_of_site"]
     site_folds = inner_folds_are_sites(inner_folds)
-    summary = out_of_site_summary(inner, coverage_90, site_folds)
+    summary = out_of_site_summary(inner, coverage_90, site_folds, r_ci)
     card["metrics"]["leave_site_out_summary"] = summary
     for target in card["targets"]:
         notes = []
         acc = summary.get(target["name"])
+        ci = acc.get("r_ci95") if acc else None
         if acc and _finite(acc["mae"]) and _finite(acc["training_mean_mae"]) and \
-                not_predictable(acc["mae"], acc["training_mean_mae"]):
-            notes.append(not_predictable_note(target.get("label") or target["name"],
-                                              acc["mae"], acc["training_mean_mae"], acc["r"]))
+                not_predictable(acc["mae"], acc["training_mean_mae"], ci):
+            notes.append(not_predictable_note(
+                target.get("label") or target["name"], acc["mae"], acc["training_mean_mae"],
+                acc["r"], ci, acc.get("r_ci95_over", "sites")))
         if info.target_notes.get(target["name"]):
             notes.append(info.target_notes[target["name"]])
         if notes:

@@ -72,7 +72,7 @@ from brainfm.models.linear_member import (
 )
 from brainfm.models.loop import regression_metrics
 from brainfm.models.model import BrainFM, BrainFMConfig
-from brainfm.models.model_card import CardInfo, complete_card, coverage_of
+from brainfm.models.model_card import CardInfo, complete_card, coverage_of, oof_correlation_ci
 from brainfm.models.options import TrainOptions
 from brainfm.models.runs import base_card, load_cohort, participants_path
 from brainfm.models.runtime import DistContext, setup
@@ -404,7 +404,7 @@ def fit_ensemble(
             "network": None if network is None else inverse(network).tolist(),
             "stacked": inverse(stacked).tolist(), "final": final.tolist(),
             "ages": y_raw[ok, balance].tolist() if balance is not None else None,
-            "inside_90": inside_90.tolist(),
+            "inside_90": inside_90.tolist(), "site": sites[ok].tolist(),
         }
     similarity = similarity_to_center(edges, linear_fits[names[0]]["center"])
     spec = {
@@ -543,9 +543,12 @@ def run_ensemble(
     card["training"].update({"participants_tsv": str(ptsv), "site_column": site_col,
                              "pretrain_epochs": epochs, "excluded_participants": sorted(skip)})
     if card_info is not None:
-        complete_card(card, card_info, {name: coverage_of(oof["inside_90"])
-                                        for name, oof in info["oof"].items()},
-                      model.spec["inner_folds"])
+        oofs = info["oof"]
+        complete_card(card, card_info,
+                      {name: coverage_of(oof["inside_90"]) for name, oof in oofs.items()},
+                      model.spec["inner_folds"],
+                      {name: oof_correlation_ci(oof["true"], oof["final"], oof["site"])
+                       for name, oof in oofs.items()})
     for name, parts in card["metrics"]["inner_out_of_site"].items():
         LOGGER.info("held-out-site %s: MAE %.3f (linear %.3f, training mean %.3f)",
                     name, parts["final"]["mae"], parts["linear"]["mae"],

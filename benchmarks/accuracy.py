@@ -61,6 +61,7 @@ from brainfm.models.baselines import (
 from brainfm.models.cli import load_options
 from brainfm.models.cross_validation import make_folds
 from brainfm.models.ensemble import interval_columns
+from brainfm.models.evaluation import correlation_ci
 from brainfm.models.loop import regression_metrics
 from brainfm.models.options import RECOMMENDED_CONFIG, TrainOptions
 from brainfm.models.runtime import DistContext, setup
@@ -606,7 +607,7 @@ def evaluate_block(cohort: Cohort, records: dict[str, list[dict[str, Any]]]) -> 
         out["balanced"][name] = balanced_mae(age[idx], pred)
         out["sites"][name] = E.site_table(age, cohort.sites, idx, pred)
         pidx, ppred = E.pooled(recs, index, "fluid_intelligence")
-        out["piq_r"][name] = E.correlation_ci(cohort.targets[pidx, 1], ppred,
+        out["piq_r"][name] = correlation_ci(cohort.targets[pidx, 1], ppred,
                                               cohort.sites[pidx])
     if "recipe" in records:
         for k, spec in enumerate(TARGETS):

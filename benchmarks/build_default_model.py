@@ -40,6 +40,7 @@ from provenance import git_commit, machine
 from brainfm.fileio import write_text_atomic
 from brainfm.models.checkpoint import load_checkpoint, save_checkpoint
 from brainfm.models.cli import load_options
+from brainfm.models.model_card import not_predictable, not_predictable_note
 from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import run_ensemble
 
@@ -234,13 +235,9 @@ def target_note(name: str, loso: dict[str, Any] | None) -> str | None:
     mean = loso["mean"][name]["pooled"]
     if name == "fluid_intelligence":
         r = (loso.get("piq_r") or {}).get("recipe") or {}
-        ci = r.get("ci95_sites")
-        if ours["mae"] >= mean["mae"] or (ci and ci[0] <= 0):
-            return (f"Not predictable out of site: on sites it never saw, the model's PIQ MAE is "
-                    f"{ours['mae']:.1f} against {mean['mae']:.1f} for the training mean, r "
-                    f"{ours['r']:.2f}" + (f" (95 % CI over sites {ci[0]:.2f} to {ci[1]:.2f})"
-                                          if ci else "")
-                    + ". Do not interpret individual values.")
+        ci = r.get("ci95_sites") or None
+        if not_predictable(ours["mae"], mean["mae"], ci):
+            return not_predictable_note("PIQ", ours["mae"], mean["mae"], ours["r"], ci)
         return None
     return (f"Out of site (leave-one-site-out on the training cohort): MAE {ours['mae']:.2f} y, "
             f"r {ours['r']:.2f}; errors grow with age (see the model card's age bands).")

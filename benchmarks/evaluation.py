@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from brainfm.models.age_bands import DEFAULT_EDGES, balanced_weights, band_labels
+from brainfm.models.evaluation import interval_coverage
 
 #: Age bands of the report (years): label -> [low, high) (brainfm.models.age_bands).
 AGE_BANDS = dict(zip(band_labels(DEFAULT_EDGES),
@@ -63,6 +64,8 @@ def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndar
              upper: np.ndarray) -> dict[str, Any]:
     """Share of true values inside ``[lower, upper]``, overall and per age band.
 
+    The cohort-indexed form of :func:`brainfm.models.evaluation.interval_coverage` (its home).
+
     Parameters
     ----------
     truth : ndarray
@@ -79,20 +82,7 @@ def coverage(truth: np.ndarray, age: np.ndarray, idx: np.ndarray, lower: np.ndar
     dict
         ``all`` and each band: ``coverage`` and ``n``; plus the median interval ``width``.
     """
-    y = truth[idx]
-    ok = np.isfinite(y) & np.isfinite(lower) & np.isfinite(upper)
-    inside = (y >= lower) & (y <= upper)
-    a = age[idx]
-
-    def entry(mask: np.ndarray) -> dict[str, Any]:
-        m = mask & ok
-        return {"n": int(m.sum()), "coverage": float(inside[m].mean()) if m.any() else None,
-                "median_width": float(np.median((upper - lower)[m])) if m.any() else None}
-
-    out = {"all": entry(np.ones_like(ok))}
-    for band, (lo, hi) in AGE_BANDS.items():
-        out[band] = entry((a >= lo) & (a < hi))
-    return out
+    return interval_coverage(truth[idx], lower, upper, age[idx], DEFAULT_EDGES)
 
 
 def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
@@ -148,31 +138,6 @@ def paired_mae_ratio(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, grou
     return {"n": int(n), "ratio": mae_a / mae_b, "difference": mae_a - mae_b,
             "ci95_subjects": [float(v) for v in np.percentile(boot_subjects, [2.5, 97.5])],
             "ci95_sites": [float(v) for v in np.percentile(boot_sites, [2.5, 97.5])]}
-
-
-def correlation_ci(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, n_boot: int = 2000,
-                   seed: int = 0) -> dict[str, Any]:
-    """Pearson r with bootstrap 95 % CIs over subjects and over sites."""
-    ok = np.isfinite(y) & np.isfinite(pred)
-    y, pred, g = y[ok], pred[ok], np.asarray(groups)[ok]
-    out: dict[str, Any] = {"n": int(y.size), "r": None, "ci95_subjects": None, "ci95_sites": None}
-    if y.size < 4 or pred.std() == 0:
-        return out
-    out["r"] = float(np.corrcoef(y, pred)[0, 1])
-    rng = np.random.default_rng(seed)
-
-    def r_of(s: np.ndarray) -> float:
-        a, b = y[s], pred[s]
-        return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
-
-    subj = [r_of(rng.integers(0, y.size, y.size)) for _ in range(n_boot)]
-    names = np.array(sorted(set(g.tolist())))
-    members = [np.flatnonzero(g == name) for name in names]
-    site = [r_of(np.concatenate([members[i] for i in rng.integers(0, names.size, names.size)]))
-            for _ in range(n_boot)]
-    out["ci95_subjects"] = [float(v) for v in np.nanpercentile(subj, [2.5, 97.5])]
-    out["ci95_sites"] = [float(v) for v in np.nanpercentile(site, [2.5, 97.5])]
-    return out
 
 
 def share_by_band(age: np.ndarray, idx: np.ndarray, flag: np.ndarray) -> dict[str, Any]:

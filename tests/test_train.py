@@ -165,7 +165,8 @@ def test_cli_pretrain_finetune_predict_cv(toy: Path, tmp_path: Path) -> None:
     assert (table["age_std"] > 0).all() and table["age"].between(-50, 100).all()
     cv = tmp_path / "cv"
     assert main(["cv", str(toy), "--config", str(cfg), "--target", "age", "--folds", "2",
-                 "--group-by", "site", "--pretrain-epochs", "1", "-o", str(cv)]) == 0
+                 "--group-by", "site", "--pretrain-epochs", "1", "--recipe", "network",
+                 "-o", str(cv)]) == 0
     metrics = json.loads((cv / "metrics.json").read_text())
     assert metrics["folds"] == 2 and set(metrics["targets"]["age"]) >= {"mae", "r", "r2"}
     assert len(metrics["targets"]["age"]["mae"]["per_fold"]) == 2

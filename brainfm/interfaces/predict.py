@@ -22,9 +22,25 @@ from brainfm.fileio import read_tsv, write_json_atomic, write_tsv_atomic
 
 
 def model_card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a model card worth repeating in every predictions sidecar."""
+    """The parts of a model card worth repeating in every predictions sidecar.
+
+    Parameters
+    ----------
+    card : dict
+        A model card (``model_card.json``).
+
+    Returns
+    -------
+    dict
+        ``Name``, ``License``, ``Terms``, atlas, denoising, targets and their labels, training
+        cohort, ``OutOfSiteAccuracy`` (the card's ``metrics.leave_site_out_summary``), network
+        weights and the training and reliable ranges.
+    """
     training = card.get("training") or {}
     return {
+        "Name": card.get("name"),
+        "License": card.get("license"),
+        "Terms": card.get("terms"),
         "Atlas": card.get("atlas"),
         "DenoisingStrategy": card.get("denoising_strategy"),
         "Targets": [t.get("name") for t in card.get("targets") or []],

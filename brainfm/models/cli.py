@@ -52,7 +52,8 @@ for _f in dataclasses.fields(BrainFMConfig):
         _MODEL_KEYS[_f.name] = {"int": int, "float": float, "bool": bool}.get(str(_f.type), str)
 #: Command-specific keys a config file may hold.
 _OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol",
-               "members", "site_column", "exclude"}
+               "members", "site_column", "exclude", "recipe", "name", "license", "terms",
+               "target_note"}
 
 
 def _bool(text: str) -> bool:
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                     default=argparse.SUPPRESS, help="default stratified-kfold")
     cv.add_argument("--pretrain-epochs", type=int, default=argparse.SUPPRESS,
                     help="LMAE epochs inside each fold (default --epochs; 0 = no pretraining)")
+    cv.add_argument("--recipe", choices=["ensemble", "network"], default=argparse.SUPPRESS,
+                    help="ensemble (default): the deployed recipe of 'ensemble', with ridge, "
+                    "kernel ridge and training-mean baselines on the same folds; network: the "
+                    "single network")
+    cv.add_argument("--members", type=int, default=argparse.SUPPRESS,
+                    help="--recipe ensemble: network members = inner site folds (default 3)")
     ens = sub.add_parser("ensemble", help="the shipped recipe: site-bagged members stacked "
                          "with a linear member, calibrated intervals")
     _add_common(ens)
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LMAE epochs (default --epochs; 0 = no pretraining)")
     ens.add_argument("--exclude", nargs="+", default=argparse.SUPPRESS, metavar="LABEL",
                      help="participants to leave out of training")
+    _add_card_options(ens)
     prd = sub.add_parser("predict", help="predict with a trained model")
     prd.add_argument("deriv", nargs="+", type=Path, metavar="DERIV")
     prd.add_argument("--model", required=True, help="checkpoint folder or 'default'")
@@ -160,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     prd.add_argument("--participant-label", nargs="+", default=None,
                      help="only these participants (with or without sub-)")
     return parser
+
+
+def _add_card_options(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("model card (brainfm.models.model_card)")
+    c.add_argument("--name", default=argparse.SUPPRESS, help="model name on the card")
+    c.add_argument("--license", default=argparse.SUPPRESS,
+                   help="licence of the weights (e.g. inherited from the training data)")
+    c.add_argument("--terms", default=argparse.SUPPRESS,
+                   help="terms of use and credits, in full")
+    c.add_argument("--target-note", dest="target_note", action="append",
+                   default=argparse.SUPPRESS, metavar="TARGET=TEXT",
+                   help="plain-words caveat of a target shown beside its predictions "
+                   "(repeatable)")
 
 
 def _add_targets(p: argparse.ArgumentParser) -> None:
@@ -366,22 +387,44 @@ def _run(args: argparse.Namespace) -> int:
         run_finetune(args.deriv, args.output, specs, opts, init=values.get("init"),
                            participants_tsv=ptsv)
     elif args.command == "ensemble":
+        from brainfm.models.model_card import CardInfo, parse_target_notes
         from brainfm.models.stacking import RecipeOptions, run_ensemble
 
-        members = int(values.get("members", 3))
-        if members < 2:
-            raise UsageError("--members must be >= 2 (each member holds out other sites)")
+        members = _members(values)
+        notes = values.get("target_note") or []
+        card_info = CardInfo(
+            name=values.get("name"), license=values.get("license"), terms=values.get("terms"),
+            target_notes=parse_target_notes([notes] if isinstance(notes, str) else notes,
+                                            [s.name for s in specs]))
         run_ensemble(args.deriv, args.output, specs, opts,
                      pretrain_epochs=values.get("pretrain_epochs"),
                      site_column=str(values.get("site_column", "site")), participants_tsv=ptsv,
-                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members))
+                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members),
+                     card_info=card_info)
     else:
         group = values.get("group_by", "site")
         group = None if group is None or str(group).lower() == "none" else str(group)
-        run_cv(args.deriv, args.output, specs, opts, n_folds=int(values.get("folds", 5)),
-                     group_by=group, protocol=str(values.get("protocol", "stratified-kfold")),
-                     participants_tsv=ptsv)
+        folds, protocol = int(values.get("folds", 5)), str(values.get("protocol",
+                                                                      "stratified-kfold"))
+        if str(values.get("recipe", "ensemble")) == "network":
+            run_cv(args.deriv, args.output, specs, opts, n_folds=folds, group_by=group,
+                   protocol=protocol, participants_tsv=ptsv)
+        else:
+            from brainfm.models.recipe_cv import run_recipe_cv, summary_text
+            from brainfm.models.stacking import RecipeOptions
+
+            report = run_recipe_cv(args.deriv, args.output, specs, opts, n_folds=folds,
+                                   group_by=group, protocol=protocol, participants_tsv=ptsv,
+                                   recipe=RecipeOptions(n_members=_members(values)))
+            print(summary_text(report))
     return 0
+
+
+def _members(values: dict[str, Any]) -> int:
+    members = int(values.get("members", 3))
+    if members < 2:
+        raise UsageError("--members must be >= 2 (each member holds out other sites)")
+    return members
 
 
 if __name__ == "__main__":

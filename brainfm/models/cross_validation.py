@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,88 @@ def make_folds(subjects: np.ndarray, groups: np.ndarray, n_folds: int, protocol:
                     .split(subjects, groups))
 
 
+@dataclass
+class CVCohort:
+    """The inputs of a cross-validation: sessions, targets and the group of each subject.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        participants.tsv, indexed by participant label.
+    group_col : str or None
+        Its column of the groups (sites), None for none.
+    sessions : list of SessionData
+        The cohort's sessions.
+    pids : list of str
+        Participant of each session.
+    y : ndarray of shape (n_sessions, K)
+        Raw targets of each session (NaN = missing).
+    subjects : ndarray of str
+        The participants, sorted (what the folds split).
+    groups : ndarray of str
+        Group of each subject (``"0"``-like constant without a group column).
+    """
+
+    frame: pd.DataFrame
+    group_col: str | None
+    sessions: list[Any]
+    pids: list[str]
+    y: np.ndarray
+    subjects: np.ndarray
+    groups: np.ndarray
+
+
+def load_cv_cohort(deriv_dirs: Sequence[Path | str], specs: Sequence[TargetSpec],
+                   opts: TrainOptions, group_by: str | None, protocol: str,
+                   participants_tsv: Path | str | None) -> CVCohort:
+    """Load and check a cross-validation's cohort (both ``--recipe`` of ``brainfm-train cv``).
+
+    Parameters
+    ----------
+    deriv_dirs : sequence of path
+        Derivatives folders.
+    specs : sequence of TargetSpec
+        Targets.
+    opts : TrainOptions
+        Options (atlas, sampling rate).
+    group_by : str or None
+        participants.tsv column of the groups.
+    protocol : str
+        ``stratified-kfold`` or ``leave-group-out`` (which needs a group column).
+    participants_tsv : path, optional
+        Targets table (default ``deriv_dirs[0]/participants.tsv``).
+
+    Returns
+    -------
+    CVCohort
+        The cohort.
+
+    Raises
+    ------
+    UsageError
+        No target, or leave-group-out without a group column; unknown columns.
+    """
+    if not specs:
+        raise UsageError("give at least one --target (e.g. --target age)")
+    ptsv = participants_path(deriv_dirs, participants_tsv)
+    frame = load_participants(ptsv)
+    group_col = resolve_column(frame, group_by, str(ptsv)) if group_by else None
+    if protocol == "leave-group-out" and group_col is None:
+        raise UsageError("--protocol leave-group-out needs --group-by COLUMN")
+    for s in specs:
+        resolve_column(frame, s.column, str(ptsv))
+    sessions = load_cohort(deriv_dirs, opts)
+    pids = [s.participant_id for s in sessions]
+    y = training_targets(frame, pids, specs, str(ptsv))
+    subjects = np.array(sorted(set(pids)), dtype=object)
+    if group_col is None:
+        groups = np.zeros(subjects.size, dtype=object)
+    else:
+        col = frame[group_col].to_dict()
+        groups = np.array([str(col.get(p, "n/a")) for p in subjects], dtype=object)
+    return CVCohort(frame, group_col, list(sessions), pids, y, subjects, groups)
+
+
 def run_cv(
     deriv_dirs: Sequence[Path | str],
     out_dir: Path | str,
@@ -117,25 +200,11 @@ def run_cv(
     dict
         The metrics written to ``metrics.json``.
     """
-    if not specs:
-        raise UsageError("give at least one --target (e.g. --target age)")
     ctx = setup(opts)
-    ptsv = participants_path(deriv_dirs, participants_tsv)
-    frame = load_participants(ptsv)
-    group_col = resolve_column(frame, group_by, str(ptsv)) if group_by else None
-    if protocol == "leave-group-out" and group_col is None:
-        raise UsageError("--protocol leave-group-out needs --group-by COLUMN")
-    for s in specs:
-        resolve_column(frame, s.column, str(ptsv))
-    sessions = load_cohort(deriv_dirs, opts)
-    pids = [s.participant_id for s in sessions]
-    y = training_targets(frame, pids, specs, str(ptsv))
-    subjects = np.array(sorted(set(pids)), dtype=object)
-    if group_col is None:
-        groups = np.zeros(subjects.size, dtype=object)
-    else:
-        col = frame[group_col].to_dict()
-        groups = np.array([str(col.get(p, "n/a")) for p in subjects], dtype=object)
+    cohort = load_cv_cohort(deriv_dirs, specs, opts, group_by, protocol, participants_tsv)
+    frame, group_col, sessions, pids, y = (cohort.frame, cohort.group_col, cohort.sessions,
+                                           cohort.pids, cohort.y)
+    subjects, groups = cohort.subjects, cohort.groups
     folds = make_folds(subjects, groups, n_folds, protocol, opts.seed)
     names = [s.name for s in specs]
     pretrain_epochs = opts.epochs if opts.pretrain_epochs is None else int(opts.pretrain_epochs)
@@ -207,7 +276,7 @@ def run_cv(
             table = table.drop(columns="session_id")
         write_tsv_atomic(out / "predictions.tsv", table, float_format="%.6g")
         write_text_atomic(out / "metrics.json",
-                          json.dumps(summary, indent=2, default=_json_default) + "\n")
+                          json.dumps(summary, indent=2, default=json_default) + "\n")
         for name in names:
             e = summary["targets"][name]
             LOGGER.info("cv %s: MAE %.3f ± %.3f (training mean %.3f), r %.3f ± %.3f, "
@@ -223,7 +292,24 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` default of the CV outputs: numpy scalars and paths.
+
+    Parameters
+    ----------
+    obj : object
+        What ``json`` cannot write.
+
+    Returns
+    -------
+    object
+        Its plain Python value.
+
+    Raises
+    ------
+    TypeError
+        Anything else.
+    """
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Path):

@@ -72,6 +72,7 @@ from brainfm.models.linear_member import (
 )
 from brainfm.models.loop import regression_metrics
 from brainfm.models.model import BrainFM, BrainFMConfig
+from brainfm.models.model_card import CardInfo, complete_card, coverage_of, oof_correlation_ci
 from brainfm.models.options import TrainOptions
 from brainfm.models.runs import base_card, load_cohort, participants_path
 from brainfm.models.runtime import DistContext, setup
@@ -233,7 +234,27 @@ def _calibrate_target(truth: np.ndarray, stacked_raw: np.ndarray, transform: str
     reliable = fit_reliable_range(truth, final, band_edges, float(truth.mean()), inside)
     return {"recalibration": recalibration, "interval_bins": bins, "reliable": reliable,
             "training_range": [low, high], "band_edges": list(band_edges),
-            "oof": final, "scores": scores}
+            "oof": final, "scores": scores,
+            "inside_90": _cross_fitted_inside(final, residual, folds, band_edges,
+                                              interval_weights)}
+
+
+def _cross_fitted_inside(final: np.ndarray, residual: np.ndarray, folds: list[np.ndarray],
+                         band_edges: Sequence[float], weights: np.ndarray | None) -> np.ndarray:
+    """Per subject, 1.0 when its residual lies inside the 90 % interval fitted on the other
+    inner folds (0.0 outside): the out-of-site coverage of the intervals, not their in-sample
+    one. The card's intervals are fitted on all folds; this only measures them."""
+    inside = np.full(final.size, np.nan)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(final.size), held)
+        if rest.size == 0 or held.size == 0:
+            continue
+        bins = fit_mondrian_intervals(final[rest], residual[rest], band_edges, (0.9,),
+                                      weights=None if weights is None else weights[rest])
+        offsets = np.array([interval_offsets(bins, p, 0.9) for p in final[held]])
+        inside[held] = ((residual[held] >= offsets[:, 0])
+                        & (residual[held] <= offsets[:, 1])).astype(float)
+    return inside
 
 
 def fit_ensemble(
@@ -367,6 +388,7 @@ def fit_ensemble(
         residual = y_t[ok, k] - stacked
         halves = {f"{lv:g}": conformal_halfwidth(residual, lv) for lv in INTERVAL_LEVELS}
         final = calibrated.pop("oof")
+        inside_90 = calibrated.pop("inside_90")
         target_specs.append({
             "name": name, "column": spec.column, "transform": chosen[name],
             "network_weight": weight, "interval_halfwidth": halves,
@@ -382,6 +404,7 @@ def fit_ensemble(
             "network": None if network is None else inverse(network).tolist(),
             "stacked": inverse(stacked).tolist(), "final": final.tolist(),
             "ages": y_raw[ok, balance].tolist() if balance is not None else None,
+            "inside_90": inside_90.tolist(), "site": sites[ok].tolist(),
         }
     similarity = similarity_to_center(edges, linear_fits[names[0]]["center"])
     spec = {
@@ -452,6 +475,7 @@ def run_ensemble(
     participants_tsv: Path | str | None = None,
     exclude: Sequence[str] = (),
     recipe: RecipeOptions | None = None,
+    card_info: CardInfo | None = None,
 ) -> Path:
     """``brainfm-train ensemble``: pretrain, fit the recipe on a cohort, write the model folder.
 
@@ -475,6 +499,12 @@ def run_ensemble(
         Participants to leave out of training (e.g. held out for a demo).
     recipe : RecipeOptions, optional
         Recipe choices.
+    card_info : CardInfo, optional
+        Name, licence, terms and notes of an own model: with it (``brainfm-train ensemble``
+        always passes one) the card also gets ``metrics.leave_site_out_summary`` from the
+        out-of-fold predictions and a note for each target not better than the training mean
+        (:func:`~brainfm.models.model_card.complete_card`). Without it the card is left for the
+        caller to complete (``benchmarks/build_default_model.py`` does, from the outer CV).
 
     Returns
     -------
@@ -512,6 +542,13 @@ def run_ensemble(
     card = ensemble_card(model, sessions, y, specs, info, deriv_dirs, opts)
     card["training"].update({"participants_tsv": str(ptsv), "site_column": site_col,
                              "pretrain_epochs": epochs, "excluded_participants": sorted(skip)})
+    if card_info is not None:
+        oofs = info["oof"]
+        complete_card(card, card_info,
+                      {name: coverage_of(oof["inside_90"]) for name, oof in oofs.items()},
+                      model.spec["inner_folds"],
+                      {name: oof_correlation_ci(oof["true"], oof["final"], oof["site"])
+                       for name, oof in oofs.items()})
     for name, parts in card["metrics"]["inner_out_of_site"].items():
         LOGGER.info("held-out-site %s: MAE %.3f (linear %.3f, training mean %.3f)",
                     name, parts["final"]["mae"], parts["linear"]["mae"],

@@ -97,8 +97,10 @@ def test_default_model_predicts_demo_data_offline(tmp_path, no_network, abide_di
     row = pred.iloc[0]
     assert 3 < row["age"] < 80 and 40 < row["fluid_intelligence"] < 160
     assert row["age_std"] >= 0
-    assert row["age_lower90"] < row["age_lower50"] < row["age"] < row["age_upper50"] \
-        < row["age_upper90"]
+    # the intervals nest and the 90 % one holds the prediction; they are asymmetric per bin of
+    # predicted age (adults are predicted young, so above 18 the 50 % interval may lie above it)
+    assert row["age_lower90"] < row["age_lower50"] < row["age_upper50"] < row["age_upper90"]
+    assert row["age_lower90"] < row["age"] < row["age_upper90"]
     assert str(row["out_of_distribution"]) in {"True", "False"}
     meta = json.loads(tsv.with_suffix(".json").read_text())
     assert "calibrated" in meta["Description"]

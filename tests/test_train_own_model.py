@@ -113,7 +113,8 @@ def test_own_model_card_is_complete(toy: Path, tmp_path: Path, single_torch_thre
     assert main(["ensemble", str(toy), *TINY_FLAGS, "--target", "age", "--target", "noise",
                  "--name", "lab-adults-cc200", "--license", "CC BY 4.0",
                  "--terms", "Trained on our lab's data; cite us.",
-                 "--target-note", "age=Trained on adults only.", "-o", str(out)]) == 0
+                 "--target-note", "age=Trained on adults only.", "--band-edges", "10", "20",
+                 "-o", str(out)]) == 0
     _, card = load_checkpoint(out)
     assert card["name"] == "lab-adults-cc200" and card["license"] == "CC BY 4.0"
     assert card["terms"] == "Trained on our lab's data; cite us."
@@ -138,6 +139,11 @@ def test_own_model_card_is_complete(toy: Path, tmp_path: Path, single_torch_thre
     assert shown["OutOfSiteAccuracy"]["age"]["mae"] is not None
     assert shown["OutOfSiteAccuracy"]["noise"]["training_mean_mae"] is not None
     assert shown["TrainingRange"]["age"] and "ReliableRange" in shown
+    # the lab's own age bands split the intervals and the reliable range, and travel with it
+    assert shown["BandEdges"] == [10.0, 20.0]
+    assert card["ensemble"]["targets"][0]["band_edges"] == [10.0, 20.0]
+    assert main(["ensemble", str(toy), *TINY_FLAGS, "--target", "age", "--band-edges", "30",
+                 "20", "-o", str(tmp_path / "bad")]) == 64
     # an unknown target of --target-note is a usage error (exit 64), before any training
     assert main(["ensemble", str(toy), *TINY_FLAGS, "--target", "age", "--target-note", "iq=x",
                  "-o", str(tmp_path / "bad")]) == 64

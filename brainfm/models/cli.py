@@ -53,7 +53,7 @@ for _f in dataclasses.fields(BrainFMConfig):
 #: Command-specific keys a config file may hold.
 _OTHER_KEYS = {"targets", "init", "participants_tsv", "folds", "group_by", "protocol",
                "members", "site_column", "exclude", "recipe", "name", "license", "terms",
-               "target_note"}
+               "target_note", "band_edges"}
 
 
 def _bool(text: str) -> bool:
@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "single network")
     cv.add_argument("--members", type=int, default=argparse.SUPPRESS,
                     help="--recipe ensemble: network members = inner site folds (default 3)")
+    _add_band_edges(cv)
     ens = sub.add_parser("ensemble", help="the shipped recipe: site-bagged members stacked "
                          "with a linear member, calibrated intervals")
     _add_common(ens)
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="LMAE epochs (default --epochs; 0 = no pretraining)")
     ens.add_argument("--exclude", nargs="+", default=argparse.SUPPRESS, metavar="LABEL",
                      help="participants to leave out of training")
+    _add_band_edges(ens)
     _add_card_options(ens)
     prd = sub.add_parser("predict", help="predict with a trained model")
     prd.add_argument("deriv", nargs="+", type=Path, metavar="DERIV")
@@ -168,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     prd.add_argument("--participant-label", nargs="+", default=None,
                      help="only these participants (with or without sub-)")
     return parser
+
+
+def _add_band_edges(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--band-edges", type=float, nargs="+", default=argparse.SUPPRESS,
+                   metavar="YEARS",
+                   help="inner edges of the age bands that split the intervals, the reliable "
+                   "range and the balanced metrics (default 13 18 30; e.g. 30 45 60 75 for an "
+                   "adult cohort)")
 
 
 def _add_card_options(p: argparse.ArgumentParser) -> None:
@@ -388,9 +398,8 @@ def _run(args: argparse.Namespace) -> int:
                            participants_tsv=ptsv)
     elif args.command == "ensemble":
         from brainfm.models.model_card import CardInfo, parse_target_notes
-        from brainfm.models.stacking import RecipeOptions, run_ensemble
+        from brainfm.models.stacking import run_ensemble
 
-        members = _members(values)
         notes = values.get("target_note") or []
         card_info = CardInfo(
             name=values.get("name"), license=values.get("license"), terms=values.get("terms"),
@@ -399,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
         run_ensemble(args.deriv, args.output, specs, opts,
                      pretrain_epochs=values.get("pretrain_epochs"),
                      site_column=str(values.get("site_column", "site")), participants_tsv=ptsv,
-                     exclude=values.get("exclude") or (), recipe=RecipeOptions(n_members=members),
+                     exclude=values.get("exclude") or (), recipe=_recipe(values),
                      card_info=card_info)
     else:
         group = values.get("group_by", "site")
@@ -411,20 +420,30 @@ def _run(args: argparse.Namespace) -> int:
                    protocol=protocol, participants_tsv=ptsv)
         else:
             from brainfm.models.recipe_cv import run_recipe_cv, summary_text
-            from brainfm.models.stacking import RecipeOptions
 
             report = run_recipe_cv(args.deriv, args.output, specs, opts, n_folds=folds,
                                    group_by=group, protocol=protocol, participants_tsv=ptsv,
-                                   recipe=RecipeOptions(n_members=_members(values)))
+                                   recipe=_recipe(values))
             print(summary_text(report))
     return 0
 
 
-def _members(values: dict[str, Any]) -> int:
+def _recipe(values: dict[str, Any]) -> Any:
+    """The recipe's options (``--members``, ``--band-edges``), checked."""
+    from brainfm.ages import MAX_AGE
+    from brainfm.models.stacking import RecipeOptions
+
     members = int(values.get("members", 3))
     if members < 2:
         raise UsageError("--members must be >= 2 (each member holds out other sites)")
-    return members
+    if "band_edges" not in values:
+        return RecipeOptions(n_members=members)
+    edges = [float(e) for e in (values["band_edges"] if isinstance(values["band_edges"], list)
+                                else [values["band_edges"]])]
+    if not all(0 < e < MAX_AGE for e in edges) or sorted(set(edges)) != edges:
+        raise UsageError(f"--band-edges {' '.join(f'{e:g}' for e in edges)}: give increasing "
+                         "ages in years between 0 and 120, e.g. --band-edges 30 45 60 75")
+    return RecipeOptions(n_members=members, band_edges=tuple(edges))
 
 
 if __name__ == "__main__":

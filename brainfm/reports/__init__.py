@@ -56,6 +56,19 @@ def format_value(value: Any, digits: int = 2) -> str:
     return esc(value)
 
 
+def accuracy_source(accuracy: dict[str, Any]) -> str:
+    """Where a card's out-of-site accuracy comes from, in words (escaped).
+
+    An own model's card says it (``protocol``: inner site folds of its training cohort); the
+    shipped model's numbers are the benchmark's leave-one-site-out.
+    """
+    protocols = {str(v.get("protocol")) for v in accuracy.values()
+                 if isinstance(v, dict) and v.get("protocol")}
+    if len(protocols) == 1:
+        return esc(protocols.pop())
+    return "leave-one-site-out on its training cohort"
+
+
 def html_table(table: pd.DataFrame, digits: int = 2, text_columns: Iterable[str] = (),
                scroll: bool = False, css_class: str = "") -> str:
     """Render a table as HTML (escaped; numbers right-aligned, text columns left-aligned).

@@ -17,7 +17,7 @@ import pandas as pd
 
 from brainfm import __version__
 from brainfm.derivatives import ATLAS_DATASET
-from brainfm.reports import Section, esc, format_value, html_table, render_page
+from brainfm.reports import Section, accuracy_source, esc, format_value, html_table, render_page
 
 if TYPE_CHECKING:  # pragma: no cover
     from brainfm.group.experts import ExpertWeights
@@ -176,7 +176,7 @@ def _accuracy_section(result: GroupResult) -> Section:
             acc = out_of_site[target]
             body.append(
                 '<p class="note">The model\'s measured accuracy on sites it never saw '
-                f"(leave-one-site-out on its training cohort): MAE {format_value(acc.get('mae'))}"
+                f"({accuracy_source(out_of_site)}): MAE {format_value(acc.get('mae'))}"
                 f", r {format_value(acc.get('r'))}, 90 % interval coverage "
                 f"{format_value(acc.get('coverage_90'))} (training-mean MAE "
                 f"{format_value(acc.get('training_mean_mae'))}).</p>")

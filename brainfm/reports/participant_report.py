@@ -25,7 +25,7 @@ from brainfm.derivatives import (
 )
 from brainfm.errors import InputError
 from brainfm.fileio import read_json, read_tsv, write_text_atomic
-from brainfm.reports import Section, esc, format_value, html_table, render_page
+from brainfm.reports import Section, accuracy_source, esc, format_value, html_table, render_page
 
 LOGGER = logging.getLogger(__name__)
 
@@ -298,9 +298,9 @@ def _predictions_section(output_dir: Path, subject: str) -> Section | None:
         body += _unreliable_warnings(row, targets, labels, card)
         if accuracy:
             body.append('<p class="note">Out-of-site MAE and 90 % coverage: the model card\'s '
-                        "leave-one-site-out measurement on its training cohort (a new lab's "
-                        "data are a new site); the training-mean MAE is what predicting the "
-                        "cohort's mean for everyone scores.</p>")
+                        f"measurement ({accuracy_source(accuracy)}; a new lab's data are a "
+                        "new site); the training-mean MAE is what predicting the cohort's mean "
+                        "for everyone scores.</p>")
         for target, note in (side.get("TargetNotes") or {}).items():
             body.append(f'<p class="warning"><strong>{esc(target)}</strong>: {esc(note)}</p>')
         if str(row.get("out_of_distribution", "")).lower() == "true":

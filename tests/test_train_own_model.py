@@ -179,3 +179,20 @@ def test_cv_recipe_ensemble_leaves_sites_out_with_baselines(
     assert len(summary) == 2 * len(MODELS)
     printed = capsys.readouterr().out
     assert "recipe ensemble, leave-group-out, 4 folds" in printed and "krr" in printed
+
+
+def test_cv_skips_folds_with_no_known_target(tmp_path: Path, single_torch_thread) -> None:
+    """A site whose participants have no age (a lab's unlabelled scans) is no outer fold: it has
+    nothing to score; its sessions still pretrain the other folds."""
+    root = tmp_path / "deriv"
+    table = make_toy_cohort(root, 50, seed=6)
+    table["site"] = [f"S{i % 5}" for i in range(len(table))]
+    table.loc[table["site"] == "S4", "age"] = np.nan
+    table.to_csv(root / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    out = tmp_path / "cv"
+    assert main(["cv", str(root), *TINY_FLAGS, "--target", "age", "--protocol",
+                 "leave-group-out", "--group-by", "site", "-o", str(out)]) == 0
+    results = json.loads((out / "cv_results.json").read_text())
+    assert results["folds"] == 4 and results["skipped_folds"] == [["S4"]]
+    assert [f["test_groups"] for f in results["per_fold"]] == [["S0"], ["S1"], ["S2"], ["S3"]]
+    assert results["targets"]["age"]["recipe"]["pooled"]["n"] == 40

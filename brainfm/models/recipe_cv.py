@@ -157,10 +157,17 @@ def run_recipe_cv(
              for n in names}
     fold_of = np.zeros(len(sessions), dtype=int)
     per_fold: list[dict[str, Any]] = []
+    skipped: list[list[str]] = []
+    known = np.isfinite(y).any(axis=1)
     t_all = time.perf_counter()
     for f, (train, test) in enumerate(folds, start=1):
         t0 = time.perf_counter()
         label = f"fold {f}/{len(folds)}"
+        if not known[test].any():  # nothing to score: its sessions still pretrain other folds
+            skipped.append(sorted(set(sites[test].tolist())))
+            LOGGER.info("%s: skipped, none of its %d test subjects (%s) has a known target",
+                        label, test.size, ", ".join(skipped[-1]))
+            continue
         LOGGER.info("%s: %d training, %d test subjects", label, train.size, test.size)
         fold_of[test] = f
         values, info = _recipe_fold(sessions, y, specs, sites, train, test, opts, ctx,
@@ -184,7 +191,8 @@ def run_recipe_cv(
             recipe.band_edges) for m in MODELS}
     summary = summary_rows(results)
     report = {
-        "recipe": "ensemble", "protocol": protocol, "folds": len(folds),
+        "recipe": "ensemble", "protocol": protocol, "folds": len(folds) - len(skipped),
+        "skipped_folds": skipped,
         "group_by": cohort.group_col, "n_subjects": len(sessions),
         "pretrain_epochs": pretrain_epochs, "members": recipe.n_members,
         "band_edges": list(recipe.band_edges), "options": opts.to_dict(),

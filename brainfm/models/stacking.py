@@ -29,7 +29,8 @@ The recipe (chosen and measured on leave-site-out, ``benchmarks/accuracy.py``):
 Every choice above (penalty, transform, augmentation, stacking weight, recalibration) is made on
 the pooled out-of-fold MAE by default; ``RecipeOptions(choice_criterion="balanced")`` makes it on
 the age-balanced MAE (:mod:`brainfm.models.age_bands`: the mean of the per-band MAEs). The
-balanced criterion was measured and lost on both MAEs on ABIDE (docs/model_card.md). The
+balanced criterion was measured and lost on both MAEs on ABIDE leaving sites out
+(``benchmarks/choice_criterion.py``, docs/model_card.md). The
 conformal intervals (6) always weight each age band equally, so that they cover in every band.
 """
 
@@ -112,8 +113,9 @@ class RecipeOptions:
     choice_criterion : {"pooled", "balanced"}
         What the penalty, transform, augmentation, stacking weight and recalibration are
         chosen on: the pooled out-of-fold MAE, or the mean of its per-band MAEs. Pooled by
-        default: on ABIDE's inner site folds the balanced choice was worse on both the pooled
-        (3.68 vs 3.45 y) and the balanced MAE (6.04 vs 5.95 y), see docs/model_card.md.
+        default: replayed in ABIDE's leave-site-out folds the balanced choice was worse on
+        both the pooled (3.68 vs 3.45 y) and the balanced MAE (6.04 vs 5.95 y)
+        (``benchmarks/choice_criterion.py``).
     balanced_intervals : bool
         Weight the conformal residuals by the balanced weights (coverage for every band).
     recalibration_candidates : tuple of bool

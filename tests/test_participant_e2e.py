@@ -207,8 +207,9 @@ def test_bids_validator_accepts_participant_and_group_output(painted, outputs, t
     shutil.copytree(outputs["default"], out)
     assert main([str(painted["motion"].bids_dir), str(out), "group"]) == 0
     ignore = pathspec.GitIgnoreSpec.from_lines((out / ".bidsignore").read_text().splitlines())
+    # hidden files and folders (.bidsignore, .brainfm.lock, .brainfm-locks/) are not validated
     files = [p.relative_to(out).as_posix() for p in out.rglob("*")
-             if p.is_file() and not p.name.startswith(".")]
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)]
     standard = [f for f in files if not ignore.match_file(f)
                 and not f.startswith(("logs/", "sourcedata/"))]
     assert "dataset_description.json" in standard

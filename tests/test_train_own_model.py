@@ -178,7 +178,7 @@ def test_cv_recipe_ensemble_leaves_sites_out_with_baselines(
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
     assert len(summary) == 2 * len(MODELS)
     printed = capsys.readouterr().out
-    assert "recipe ensemble, leave-group-out, 4 folds" in printed and "krr" in printed
+    assert "recipe ensemble, leave-group-out, 4 folds, 40 subjects" in printed and "krr" in printed
 
 
 def test_cv_skips_folds_with_no_known_target(tmp_path: Path, single_torch_thread) -> None:
@@ -194,5 +194,6 @@ def test_cv_skips_folds_with_no_known_target(tmp_path: Path, single_torch_thread
                  "leave-group-out", "--group-by", "site", "-o", str(out)]) == 0
     results = json.loads((out / "cv_results.json").read_text())
     assert results["folds"] == 4 and results["skipped_folds"] == [["S4"]]
+    assert (results["n_subjects"], results["n_sessions"]) == (40, 50)
     assert [f["test_groups"] for f in results["per_fold"]] == [["S0"], ["S1"], ["S2"], ["S3"]]
     assert results["targets"]["age"]["recipe"]["pooled"]["n"] == 40

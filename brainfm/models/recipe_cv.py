@@ -193,7 +193,7 @@ def run_recipe_cv(
     report = {
         "recipe": "ensemble", "protocol": protocol, "folds": len(folds) - len(skipped),
         "skipped_folds": skipped,
-        "group_by": cohort.group_col, "n_subjects": len(sessions),
+        "group_by": cohort.group_col, "n_subjects": int(known.sum()), "n_sessions": len(sessions),
         "pretrain_epochs": pretrain_epochs, "members": recipe.n_members,
         "band_edges": list(recipe.band_edges), "options": opts.to_dict(),
         "seconds": round(time.perf_counter() - t_all, 1),
@@ -252,7 +252,8 @@ def summary_text(report: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
 
     lines = [f"brainfm-train cv: recipe ensemble, {report['protocol']}, {report['folds']} "
-             f"folds, {report['n_subjects']} subjects (pooled out-of-fold predictions)",
+             f"folds, {report['n_subjects']} subjects with a known target of "
+             f"{report['n_sessions']} (pooled out-of-fold predictions)",
              f"{'target':<20} {'model':<15} {'MAE':>7} {'r':>6} {'R2':>6} {'bal.MAE':>7} "
              f"{'cov90':>6}  fold MAE mean ± sd"]
     for row in report["summary"]:

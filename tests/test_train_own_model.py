@@ -197,3 +197,20 @@ def test_cv_skips_folds_with_no_known_target(tmp_path: Path, single_torch_thread
     assert (results["n_subjects"], results["n_sessions"]) == (40, 50)
     assert [f["test_groups"] for f in results["per_fold"]] == [["S0"], ["S1"], ["S2"], ["S3"]]
     assert results["targets"]["age"]["recipe"]["pooled"]["n"] == 40
+
+
+def test_recipe_options_from_the_command_line() -> None:
+    """--members, --band-edges and --no-recalibration reach the recipe, checked."""
+    from brainfm.errors import UsageError
+    from brainfm.models.cli import _recipe, build_parser
+
+    args = vars(build_parser().parse_args(
+        ["ensemble", "d", "-o", "m", "--band-edges", "30", "45", "60", "--no-recalibration"]))
+    recipe = _recipe(args)
+    assert recipe.band_edges == (30.0, 45.0, 60.0)
+    assert recipe.recalibration_candidates == (False,)
+    default = _recipe(vars(build_parser().parse_args(["cv", "d", "-o", "m"])))
+    assert default.recalibration_candidates == (False, True) and default.n_members == 3
+    for bad in ({"band_edges": [30.0, 30.0]}, {"band_edges": [0.0]}, {"members": 1}):
+        with pytest.raises(UsageError):
+            _recipe(bad)

@@ -117,3 +117,23 @@ def test_import_real_abide(abide_dir: Path, tmp_path: Path) -> None:
         assert trs == {SITE_REPETITION_TIME[site]}
     header = files[0].path.read_text().split("\n", 1)[0].split("\t")
     assert header == [f"CC200_{k:03d}" for k in range(1, 201)]
+
+
+def test_pipeline_is_recorded(tmp_path: Path) -> None:
+    """The PCP pipeline the user names is what every sidecar and the dataset description say
+    (the nofilt_noglobal copy is not filt_global); an unknown one is a usage error (exit 64)."""
+    src = make_fake_pcp(tmp_path / "pcp")
+    out = tmp_path / "nofilt"
+    assert main(["pcp", str(src), str(out), "--pipeline", "nofilt_noglobal"]) == 0
+    for f in find_timeseries(out, "CC200"):
+        assert json.loads(f.sidecar.read_text())["DenoisingStrategy"] == \
+            "pcp-cpac-nofilt_noglobal"
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert "nofilt_noglobal" in desc["Name"]
+    assert "no band-pass, no global signal regression" in desc["GeneratedBy"][1]["Description"]
+    with pytest.raises(UsageError, match="not a PCP pipeline"):
+        import_pcp(src, tmp_path / "bad", pipeline="nofilt")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as exc:  # argparse's choices, with the usage exit code
+        main(["pcp", str(src), str(tmp_path / "bad2"), "--pipeline", "nofilt"])
+    assert exc.value.code == 64

@@ -11,7 +11,7 @@ from pathlib import Path
 from brainfm import __version__
 from brainfm.errors import UsageArgumentParser, run_command
 from brainfm.importers.camcan import import_camcan
-from brainfm.importers.pcp import import_pcp, parse_tr_overrides
+from brainfm.importers.pcp import DEFAULT_PIPELINE, PIPELINES, import_pcp, parse_tr_overrides
 from brainfm.logs import add_verbose_option, setup_logging
 
 PROG = "brainfm-import"
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     pcp.add_argument("--phenotype", type=Path, default=None,
                      help="phenotype CSV (default: Phenotypic_V1_0b_preprocessed1.csv next to "
                      "SRC)")
+    pcp.add_argument("--pipeline", choices=list(PIPELINES), default=DEFAULT_PIPELINE,
+                     help="the PCP pipeline the series come from, recorded as their "
+                     "DenoisingStrategy (default: filt_global)")
     pcp.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     camcan = sub.add_parser(
         "camcan",
@@ -96,7 +99,7 @@ def _run(args: argparse.Namespace) -> None:
     summary = import_pcp(
         args.src, args.out, atlas=args.atlas,
         tr_override=parse_tr_overrides(args.tr_override),
-        phenotype=args.phenotype, overwrite=args.overwrite,
+        phenotype=args.phenotype, overwrite=args.overwrite, pipeline=args.pipeline,
     )
     logging.getLogger(PROG).info(
         "wrote %d subjects (%d sites, %d all-zero ROI columns as n/a, %d skipped) to %s in %.1f s",

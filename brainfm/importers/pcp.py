@@ -74,7 +74,17 @@ PCP_ATLASES: dict[str, tuple[str, str]] = {
 
 SPACE = "MNI152NLin6Asym"
 TASK = "rest"
-DENOISING_STRATEGY = "pcp-cpac-filt_global"
+#: PCP's four C-PAC denoising pipelines (the ``<pipeline>`` folder of the PCP release), as the
+#: files cannot tell them apart: the user names the one downloaded (``--pipeline``).
+PIPELINES: dict[str, str] = {
+    "filt_global": "nuisance regression, global signal regression, 0.01-0.1 Hz band-pass",
+    "filt_noglobal": "nuisance regression, 0.01-0.1 Hz band-pass, no global signal regression",
+    "nofilt_global": "nuisance regression, global signal regression, no band-pass",
+    "nofilt_noglobal": "nuisance regression only: no band-pass, no global signal regression",
+}
+DEFAULT_PIPELINE = "filt_global"
+#: The ``DenoisingStrategy`` of the default pipeline (what the ``pcp`` strategy emulates).
+DENOISING_STRATEGY = f"pcp-cpac-{DEFAULT_PIPELINE}"
 PHENOTYPE_NAME = "Phenotypic_V1_0b_preprocessed1.csv"
 
 _PARTICIPANTS_JSON = {
@@ -341,6 +351,7 @@ def import_pcp(
     tr_override: Mapping[str, float] | None = None,
     phenotype: Path | str | None = None,
     overwrite: bool = False,
+    pipeline: str = DEFAULT_PIPELINE,
 ) -> ImportSummary:
     """Convert PCP ROI time series + phenotype into brainfm ROI time-series derivatives.
 
@@ -359,6 +370,10 @@ def import_pcp(
         Phenotype CSV; default ``Phenotypic_V1_0b_preprocessed1.csv`` next to ``src``.
     overwrite : bool, optional
         Replace an existing non-empty ``out``.
+    pipeline : str, optional
+        The PCP pipeline the series come from (:data:`PIPELINES`; default ``filt_global``),
+        recorded as each sidecar's ``DenoisingStrategy`` (``pcp-cpac-<pipeline>``) and in
+        ``dataset_description.json``.
 
     Returns
     -------
@@ -376,6 +391,9 @@ def import_pcp(
         Writing failed (disk full); nothing was published.
     """
     start = time.perf_counter()
+    if pipeline not in PIPELINES:
+        raise UsageError(f"--pipeline {pipeline}: not a PCP pipeline; choose one of "
+                         f"{', '.join(PIPELINES)} (the folder name of the PCP download)")
     src, out = Path(src), Path(out)
     label, roi_names = atlas_roi_names(atlas)
     kind, where = _locate_source(src, atlas)
@@ -430,7 +448,7 @@ def import_pcp(
                     "RepetitionTime": tr,
                     "SamplingFrequency": round(1.0 / tr, 6),
                     "Sources": [source],
-                    "DenoisingStrategy": DENOISING_STRATEGY,
+                    "DenoisingStrategy": f"pcp-cpac-{pipeline}",
                     "NumberOfVolumesRetained": n_vol,
                     "Atlas": label,
                     "Site": site,
@@ -468,7 +486,8 @@ def import_pcp(
         _write_json(tmp / "participants.json", _PARTICIPANTS_JSON)
         _write_text(tmp / ".bidsignore", "*_timeseries.tsv\n*_timeseries.json\n")
         _write_text(tmp / "README", _readme(label, where, pheno_path))
-        _write_json(tmp / "dataset_description.json", _description(label, where, pheno_path))
+        _write_json(tmp / "dataset_description.json",
+                    _description(label, where, pheno_path, pipeline))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -486,9 +505,9 @@ def import_pcp(
     return summary
 
 
-def _description(label: str, where: Path, pheno: Path) -> dict:
+def _description(label: str, where: Path, pheno: Path, pipeline: str) -> dict:
     return {
-        "Name": f"ABIDE I (PCP C-PAC filt_global) {label} ROI time series",
+        "Name": f"ABIDE I (PCP C-PAC {pipeline}) {label} ROI time series",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
         "GeneratedBy": [
@@ -500,8 +519,7 @@ def _description(label: str, where: Path, pheno: Path) -> dict:
             {
                 "Name": "C-PAC",
                 "Description": "Preprocessed Connectomes Project (PCP) ABIDE I preprocessing, "
-                "filt_global strategy (nuisance regression, global signal regression, "
-                "0.01-0.1 Hz band-pass)",
+                f"{pipeline} strategy ({PIPELINES[pipeline]})",
                 "CodeURL": "http://preprocessed-connectomes-project.org/abide/",
             },
         ],

@@ -129,12 +129,14 @@ _ALIASES: dict[str, str] = {
 }
 
 
-def _atlas_key(name: str) -> str:
+def atlas_key(name: str) -> str:
+    """An atlas name or ``atlas-`` label for comparison: lower case, letters and digits only
+    (``Schaefer2018-200`` -> ``schaefer2018200``)."""
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-#: BIDS ``atlas-`` label of every built-in name and alias, by :func:`_atlas_key`.
-_LABELS: dict[str, str] = {_atlas_key(alias): _SPECS[name].label
+#: BIDS ``atlas-`` label of every built-in name and alias, by :func:`atlas_key`.
+_LABELS: dict[str, str] = {atlas_key(alias): _SPECS[name].label
                            for alias, name in _ALIASES.items()}
 
 
@@ -164,7 +166,7 @@ def atlas_label(name: str) -> str:
     >>> atlas_label("MyAtlas100")
     'MyAtlas100'
     """
-    return _LABELS.get(_atlas_key(name), str(name).strip())
+    return _LABELS.get(atlas_key(name), str(name).strip())
 
 
 def list_atlases() -> list[str]:
@@ -304,7 +306,7 @@ def get_atlas(name: str) -> Atlas:
     licence = ATLAS_DIR / spec.licence
     return Atlas(
         name=spec.name,
-        label=atlas_label(spec.name),
+        label=spec.label,
         space=SPACE,
         image=image,
         labels=labels,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import resample_poly
 
-from brainfm.atlases import atlas_label
+from brainfm.atlases import atlas_key, atlas_label
 from brainfm.derivatives import parse_entities, strip_prefix
 from brainfm.errors import InputError
 from brainfm.fileio import write_json_atomic, write_tsv_atomic
@@ -88,10 +87,6 @@ class RunFile:
         return self.path.with_name(self.path.name[: -len(".tsv")] + ".json")
 
 
-def _normalise_atlas(atlas: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", atlas.lower())
-
-
 def find_timeseries(
     deriv_dirs: Path | str | Sequence[Path | str],
     atlas: str,
@@ -123,7 +118,7 @@ def find_timeseries(
     if isinstance(deriv_dirs, (str, Path)):
         deriv_dirs = [deriv_dirs]
     label = atlas_label(atlas)
-    wanted_atlas = _normalise_atlas(label)
+    wanted_atlas = atlas_key(label)
     keep = None if participants is None else {strip_prefix(p, "sub-") for p in participants}
     found: list[RunFile] = []
     seen_atlases: set[str] = set()
@@ -138,7 +133,7 @@ def find_timeseries(
             if "sub" not in ent or "atlas" not in ent:
                 continue
             seen_atlases.add(ent["atlas"])
-            if _normalise_atlas(ent["atlas"]) != wanted_atlas:
+            if atlas_key(ent["atlas"]) != wanted_atlas:
                 continue
             if keep is not None and ent["sub"] not in keep:
                 continue

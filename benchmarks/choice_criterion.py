@@ -32,8 +32,13 @@ from provenance import git_commit, machine
 from brainfm.fileio import write_text_atomic
 from brainfm.models.age_bands import balanced_mae, balanced_weights, band_table
 from brainfm.models.baselines import connectivity_features, correlation_features
-from brainfm.models.ensemble import TRANSFORMS
-from brainfm.models.linear_member import TRANSFORM_CANDIDATES, choose_linear, segment_edges
+from brainfm.models.ensemble import TRANSFORMS, LinearMember
+from brainfm.models.linear_member import (
+    TRANSFORM_CANDIDATES,
+    choose_linear,
+    linear_candidate_name,
+    segment_edges,
+)
 from brainfm.models.options import TrainOptions
 from brainfm.models.stacking import RecipeOptions, inner_site_folds
 
@@ -59,10 +64,11 @@ def replay_fold(edges: np.ndarray, parts: dict[int, np.ndarray], age: np.ndarray
     transform, n_segments, fit, _ = choose_linear(
         edges[train], age[train], folds, TRANSFORM_CANDIDATES,
         {count: p[train] for count, p in parts.items()}, weights)
+    member = LinearMember(edges.shape[1])  # the deployed linear member predicts the test set
+    member.set(fit["weight"], fit["center"], fit["intercept"])
     _, inverse = TRANSFORMS[transform]
-    pred_t = (edges[test] - fit["center"]) @ fit["weight"] + fit["intercept"]
-    name = transform if n_segments == 0 else f"{transform}+{n_segments} segments"
-    return inverse(pred_t), f"{name} a={fit['alpha']:g}"
+    return (inverse(member.predict(edges[test])),
+            f"{linear_candidate_name(transform, n_segments)} a={fit['alpha']:g}")
 
 
 def render(results: dict[str, dict], n: int, seconds: float, cache: Path) -> str:
